@@ -1,0 +1,179 @@
+"""Create or update the Label Studio project for a schema and import its tasks, through label-studio-sdk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from annotation_config.errors import WorkbenchError
+from annotation_config.label_config import render_label_config
+from annotation_config.schema import Schema
+
+DEFAULT_TASKS_PATH = Path(__file__).resolve().parents[1] / "data" / "sample_tasks.jsonl"
+IMPORT_BATCH = 500
+
+T = TypeVar("T")
+
+
+class LabelStudioError(WorkbenchError):
+    """Label Studio could not be reached or refused a request."""
+
+
+class TaskFileError(WorkbenchError):
+    """A task file that cannot be imported; the message names the line."""
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    """What provisioning did."""
+
+    project_id: int
+    url: str
+    created: bool
+    config_updated: bool
+    imported: int
+    skipped: int
+
+
+def connect(ls_url: str, api_key: str) -> Any:
+    """A label-studio-sdk client, checked with one request so a wrong URL or key fails here with one line."""
+    from label_studio_sdk import LabelStudio
+
+    if not ls_url.startswith(("http://", "https://")):
+        raise LabelStudioError(f"--ls-url {ls_url!r} must start with http:// or https://")
+    if not api_key:
+        raise LabelStudioError("no Label Studio API key: pass --api-key or set LABEL_STUDIO_API_KEY")
+    client = LabelStudio(base_url=ls_url.rstrip("/"), api_key=api_key, timeout=60)
+    call(lambda: client.users.whoami(), f"connect to Label Studio at {ls_url}")
+    return client
+
+
+def call(request: Callable[[], T], doing: str) -> T:
+    """Run one SDK request, turning connection and HTTP errors into a one-line LabelStudioError."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return request()
+    except ApiError as error:
+        if error.status_code in (401, 403):
+            raise LabelStudioError(
+                f"could not {doing}: Label Studio rejected the API key ({error.status_code}); "
+                "use the token from Account & Settings"
+            ) from None
+        detail = error.body if isinstance(error.body, str) else json.dumps(error.body)[:300]
+        raise LabelStudioError(f"could not {doing}: HTTP {error.status_code}: {detail}") from None
+    except httpx.HTTPError as error:
+        raise LabelStudioError(
+            f"could not {doing}: {type(error).__name__}: {error}; is Label Studio running?"
+        ) from None
+
+
+def read_tasks(path: str | Path, schema: Schema) -> list[dict]:
+    """Read a JSON-lines task file, checking every line has the key and text fields of the schema."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TaskFileError(
+            f"{path}: no such task file; build it with `workbench data build` or pass --tasks"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise TaskFileError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
+    tasks: list[dict] = []
+    keys: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskFileError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(task, dict):
+            raise TaskFileError(f"{path}:{number}: expected a JSON object per line")
+        for field in (schema.data.key, schema.data.text):
+            if not isinstance(task.get(field), str) or not task[field]:
+                raise TaskFileError(f"{path}:{number}: field {field!r} is missing or not a non-empty string")
+        if task[schema.data.key] in keys:
+            raise TaskFileError(f"{path}:{number}: duplicate task key {task[schema.data.key]!r}")
+        keys.add(task[schema.data.key])
+        tasks.append(task)
+    return tasks
+
+
+def task_data(task: dict, schema: Schema) -> dict:
+    """The `data` of a Label Studio task: every field kept, shown fields never null (the Text tag needs a string)."""
+    data = dict(task)
+    for field in schema.data.shown_fields:
+        if data.get(field) is None:
+            data[field] = ""
+        elif not isinstance(data[field], str):
+            data[field] = str(data[field])
+        data[field] = data[field].replace("\r\n", "\n")  # Label Studio counts \r\n as two characters
+    return data
+
+
+def find_project(client: Any, title: str) -> Any | None:
+    """The project with exactly this title, or None."""
+    for project in call(lambda: list(client.projects.list(title=title)), "list projects"):
+        if project.title == title:
+            return project
+    return None
+
+
+def existing_keys(client: Any, project_id: int, key_field: str) -> set[str]:
+    """Task keys already in a project."""
+    tasks = call(lambda: list(client.tasks.list(project=project_id, fields="task_only", page_size=500)), "list tasks")
+    return {str(task.data.get(key_field)) for task in tasks if task.data and task.data.get(key_field) is not None}
+
+
+def _batches(items: list[T], size: int) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def provision(client: Any, schema: Schema, tasks: list[dict], title: str, ls_url: str) -> ProvisionResult:
+    """Create the project (or reuse the one with this title), update its config if needed, import new tasks."""
+    config = render_label_config(schema)
+    project = find_project(client, title)
+    created = project is None
+    config_updated = False
+    settings = {
+        "label_config": config,
+        "description": schema.description,
+        "expert_instruction": _instructions_html(schema),
+        "show_instruction": True,
+    }
+    if project is None:
+        project = call(lambda: client.projects.create(title=title, **settings), f"create project {title!r}")
+    elif (project.label_config or "").strip() != config.strip():  # Label Studio strips the final newline
+        project = call(lambda: client.projects.update(id=project.id, **settings), f"update project {title!r}")
+        config_updated = True
+    have = existing_keys(client, project.id, schema.data.key)
+    new = [task for task in tasks if str(task[schema.data.key]) not in have]
+    for batch in _batches(new, IMPORT_BATCH):
+        payload = [{"data": task_data(task, schema)} for task in batch]
+        call(lambda p=payload: client.projects.import_tasks(id=project.id, request=p), "import tasks")
+    return ProvisionResult(
+        project_id=project.id,
+        url=f"{ls_url.rstrip('/')}/projects/{project.id}/data",
+        created=created,
+        config_updated=config_updated,
+        imported=len(new),
+        skipped=len(tasks) - len(new),
+    )
+
+
+def _instructions_html(schema: Schema) -> str:
+    """Annotator instructions for Label Studio's instruction panel: the schema text plus every definition."""
+    from html import escape
+
+    parts = [f"<p>{escape(line)}</p>" for line in schema.instructions.strip().splitlines() if line.strip()]
+    for dim in schema.dimensions:
+        parts.append(f"<h4>{escape(dim.title or dim.name)}</h4><ul>")
+        parts += [f"<li><b>{escape(label.value)}</b>: {escape(label.definition)}</li>" for label in dim.labels]
+        parts.append("</ul>")
+    return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""The `workbench` command line: one entry point over annotation_config, backend and training."""

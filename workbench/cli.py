@@ -1,0 +1,109 @@
+"""`workbench` subcommands. Heavy imports happen inside commands so `workbench --help` stays fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from annotation_config.errors import WorkbenchError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Annotate stance and framing in news text in Label Studio, with a model in the loop.",
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(no_args_is_help=True, help="The Label Studio labeling config generated from the schema.")
+data_app = typer.Typer(no_args_is_help=True, help="The sample corpus of paragraph tasks.")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+err = Console(stderr=True)
+
+SchemaOption = Annotated[
+    Path | None,
+    typer.Option("--schema", envvar="WORKBENCH_SCHEMA", help="Label schema YAML (default: the sample schema)."),
+]
+LsUrlOption = Annotated[str, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Label Studio base URL.")]
+ApiKeyOption = Annotated[
+    str,
+    typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help="Label Studio API token.", show_default=False),
+]
+
+
+def _schema(path: Path | None):
+    from annotation_config.schema import load_schema
+
+    return load_schema(path)
+
+
+@config_app.command("render")
+def config_render(schema: SchemaOption = None) -> None:
+    """Print the Label Studio XML generated from the schema."""
+    from annotation_config.label_config import render_label_config
+
+    sys.stdout.write(render_label_config(_schema(schema)))
+
+
+@config_app.command("validate")
+def config_validate(schema: SchemaOption = None) -> None:
+    """Check the schema and parse the generated XML with label-studio-sdk's own parser."""
+    from annotation_config.label_config import render_label_config, validate_label_config
+
+    loaded = _schema(schema)
+    validate_label_config(render_label_config(loaded), loaded)
+    kinds = ", ".join(f"{d.name} ({d.kind}, {len(d.labels)} labels)" for d in loaded.dimensions)
+    typer.echo(f"ok: {schema or 'sample schema'} (hash {loaded.hash}): {kinds}")
+
+
+@data_app.command("build")
+def data_build(
+    articles: Annotated[Path | None, typer.Option(help="Folder of article .txt files.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSON-lines file.")] = None,
+) -> None:
+    """Split the seed articles into paragraph tasks (JSON lines)."""
+    from annotation_config import corpus
+
+    tasks = corpus.build_tasks(articles or corpus.DEFAULT_ARTICLES_DIR)
+    target = out or corpus.DEFAULT_TASKS_FILE
+    corpus.write_tasks(tasks, target)
+    typer.echo(f"wrote {len(tasks)} tasks to {target}")
+
+
+@app.command()
+def provision(
+    ls_url: LsUrlOption = "http://localhost:8080",
+    api_key: ApiKeyOption = "",
+    title: Annotated[str | None, typer.Option(help="Project title (default: from the schema).")] = None,
+    schema: SchemaOption = None,
+    tasks: Annotated[Path | None, typer.Option(help="JSON-lines task file (default: the sample corpus).")] = None,
+) -> None:
+    """Create or update the Label Studio project and import tasks not there yet (idempotent)."""
+    from annotation_config.provision import DEFAULT_TASKS_PATH, connect, read_tasks
+    from annotation_config.provision import provision as run_provision
+
+    loaded = _schema(schema)
+    records = read_tasks(tasks or DEFAULT_TASKS_PATH, loaded)
+    client = connect(ls_url, api_key)
+    result = run_provision(client, loaded, records, title or loaded.name, ls_url)
+    state = "created" if result.created else ("config updated" if result.config_updated else "reused")
+    typer.echo(
+        f"project {result.project_id} ({state}): imported {result.imported} tasks, "
+        f"skipped {result.skipped} already there"
+    )
+    typer.echo(result.url)
+
+
+def main() -> None:
+    """Entry point: run the app and turn user-fixable errors into one line on stderr and exit code 1."""
+    try:
+        app()
+    except WorkbenchError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
