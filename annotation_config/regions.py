@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from annotation_config.errors import WorkbenchError
@@ -171,3 +172,25 @@ def _span_result(schema: Schema, dim: Dimension, span: Mapping[str, Any], text: 
     if span.get("score") is not None:
         item["score"] = float(span["score"])
     return item
+
+
+@dataclass
+class Prediction:
+    """One task's model output as a label record with scores, before conversion to Label Studio JSON.
+
+    `labels` is a label record (spans may carry a "score"); `scores[dim]` is the confidence of the answer given
+    for each choice dimension (for multi: of the least certain decision); `score` is the task's overall
+    confidence, which Label Studio shows and sorts by (low first = active learning).
+    """
+
+    labels: dict
+    scores: dict[str, float] = field(default_factory=dict)
+    score: float = 0.0
+
+    def to_label_studio(self, schema: Schema, data: Mapping[str, Any], model_version: str) -> dict:
+        """The item Label Studio expects in `results` of a /predict response."""
+        return {
+            "result": labels_to_results(schema, self.labels, data, self.scores),
+            "score": float(self.score),
+            "model_version": model_version,
+        }
