@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
+from workbench.services import ServiceError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -95,6 +96,37 @@ def provision(
         f"skipped {result.skipped} already there"
     )
     typer.echo(result.url)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="WORKBENCH_HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="WORKBENCH_PORT", help="Port to listen on.")] = 9090,
+    models: Annotated[
+        Path | None, typer.Option("--models", envvar="WORKBENCH_MODELS_DIR", help="Model registry folder.")
+    ] = None,
+    schema: SchemaOption = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model).")] = 1,
+) -> None:
+    """Run the ML backend (Label Studio connects to it at http://HOST:PORT)."""
+    import os
+
+    import uvicorn
+
+    from backend.settings import Settings
+
+    overrides = {"models_dir": models, "schema_path": schema}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    _schema(settings.schema_path)  # fail here, with one line, rather than inside a worker
+    # Workers are separate processes that rebuild the app from the environment.
+    os.environ["WORKBENCH_MODELS_DIR"] = str(settings.models_dir)
+    if settings.schema_path:
+        os.environ["WORKBENCH_SCHEMA"] = str(settings.schema_path)
+    from workbench.services import port_is_free
+
+    if not port_is_free(host, port):
+        raise ServiceError(f"port {port} on {host} is in use: stop what listens there or pass --port")
+    uvicorn.run("backend.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 
 def main() -> None:

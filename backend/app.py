@@ -1,0 +1,182 @@
+"""The FastAPI app speaking Label Studio's ML backend protocol: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from annotation_config.schema import Schema, load_schema
+from backend.holder import ModelHolder
+from backend.jobs import JobRunner
+from backend.metrics import Metrics
+from backend.middleware import Guard
+from backend.predictor import Predictor
+from backend.settings import Settings
+
+log = logging.getLogger("backend")
+ROUTES = {"/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics"}
+
+
+@dataclass
+class Service:
+    """Everything the routes share: settings, schema, the serving model, the job runner, metrics."""
+
+    settings: Settings
+    schema: Schema
+    holder: ModelHolder
+    jobs: JobRunner
+    metrics: Metrics
+    versions: Any  # () -> list of registry versions
+    projects: dict[str, dict[str, str]] = field(default_factory=dict)  # project id -> LS hostname/token from /setup
+    record_lock: threading.Lock = field(default_factory=threading.Lock)
+    recorded: int = 0
+
+    def record(self, route: str, body: bytes) -> None:
+        """Save a request body for protocol debugging, with secrets redacted."""
+        folder = self.settings.record_dir
+        if folder is None:
+            return
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(payload, dict) and "access_token" in payload:
+            payload["access_token"] = "<redacted>"
+        with self.record_lock:
+            self.recorded += 1
+            number = self.recorded
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{number:04d}-{route.strip('/') or 'root'}.json"
+        (folder / name).write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def registry_link(models_dir: Path):
+    """The registry functions the backend needs: the promoted model, and all versions (torch-free)."""
+    from training import registry
+
+    def current() -> tuple[str, Path] | None:
+        return registry.current_model(models_dir)
+
+    def versions() -> list[str]:
+        return registry.list_versions(models_dir)
+
+    return current, versions
+
+
+def default_predictors(settings: Settings, schema: Schema):
+    """Factories for the cold-start predictor and for loading a trained model folder."""
+
+    def cold_start() -> Predictor:
+        from backend.cold_start import ColdStartPredictor
+        from training.embedding import SentenceEmbedder
+
+        return ColdStartPredictor(
+            schema, SentenceEmbedder(settings.encoder, quantize=settings.quantize, threads=settings.threads)
+        )
+
+    def trained(version: str, folder: Path) -> Predictor:
+        from training.predict import TrainedPredictor
+
+        return TrainedPredictor(folder, threads=settings.threads)
+
+    return cold_start, trained
+
+
+def training_command(settings: Settings, service_projects: dict[str, dict[str, str]]):
+    """How the job runner starts training: `workbench train` in a child process, secrets via the environment."""
+    import sys
+
+    def build(project: str | None) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "workbench", "train", "--models", str(settings.models_dir)]
+        if settings.schema_path:
+            argv += ["--schema", str(settings.schema_path)]
+        env: dict[str, str] = {}
+        project_id = (project or "").split(".")[0]
+        known = service_projects.get(project_id, {})
+        url = settings.label_studio_url or known.get("hostname")
+        token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+        token = token or known.get("access_token")
+        if url and project_id:
+            argv += ["--ls-url", url, "--project", project_id]
+        if token:
+            env["LABEL_STUDIO_API_KEY"] = token
+        return argv, env
+
+    return build
+
+
+def create_app(settings: Settings | None = None, *, predictors=None, registry=None) -> FastAPI:
+    """Build the app. `predictors` and `registry` override the defaults (cold start + training registry)."""
+    settings = settings or Settings()
+    schema = load_schema(settings.schema_path)
+    cold_start, trained = predictors or default_predictors(settings, schema)
+    current_model, versions = registry or registry_link(settings.models_dir)
+    metrics = Metrics()
+    holder = ModelHolder(cold_start, current_model, trained, interval=settings.reload_interval)
+
+    def after_training(ok: bool) -> None:
+        metrics.training_jobs.labels(outcome="succeeded" if ok else "failed").inc()
+        holder.refresh()
+
+    projects: dict[str, dict[str, str]] = {}
+    jobs = JobRunner(
+        training_command(settings, projects),
+        settings.models_dir / "logs",
+        on_finish=after_training,
+        train_every=settings.train_every,
+    )
+    service = Service(settings, schema, holder, jobs, metrics, versions, projects)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        yield
+        holder.stop()
+        service.jobs.stop()
+
+    app = FastAPI(
+        title="Stance & framing ML backend",
+        version="1",
+        description="Label Studio ML backend: pre-annotations for every dimension of the label schema.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    password = settings.basic_auth_password.get_secret_value() if settings.basic_auth_password else None
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, user=settings.basic_auth_user, password=password)
+
+    @app.middleware("http")  # added after Guard, so it runs first and also counts 401 and 413 answers
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path if request.url.path in ROUTES else "other"
+        try:
+            response = await call_next(request)
+        except Exception:  # never let a traceback reach the client
+            log.exception("unhandled error on %s", route)
+            response = JSONResponse({"detail": "internal error; see the backend log"}, status_code=500)
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(item.get("loc", [])), "msg": item.get("msg", "invalid"), "type": item.get("type", "invalid")}
+            for item in error.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    from backend.routes import router
+
+    app.include_router(router)
+    metrics.serving(holder.current.model_version, holder.current.kind)
+    return app

@@ -1,0 +1,173 @@
+"""The routes of Label Studio's ML backend protocol: /health, /setup, /predict, /webhook, /versions, /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from annotation_config.label_config import config_differences
+from backend.protocol import (
+    KNOWN_EVENTS,
+    TRAINING_EVENTS,
+    ErrorResponse,
+    Health,
+    PredictRequest,
+    PredictResponse,
+    SetupRequest,
+    SetupResponse,
+    Versions,
+    WebhookEvent,
+    WebhookResponse,
+)
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Basic auth is configured and the credentials are wrong."},
+    413: {"model": ErrorResponse, "description": "The body, the task count or a text is over its limit."},
+    422: {"model": ErrorResponse, "description": "The body does not fit the protocol or the label schema."},
+}
+
+
+def _service(request: Request):
+    return request.app.state.service
+
+
+def _error(status: int, loc: list[str | int], msg: str, kind: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": kind}]}, status_code=status)
+
+
+async def _record(request: Request, route: str) -> None:
+    service = _service(request)
+    if service.settings.record_dir is not None:
+        service.record(route, await request.body())
+
+
+@router.get("/health", response_model=Health)
+@router.get("/", response_model=Health, include_in_schema=False)
+def health(request: Request) -> Health:
+    """Liveness plus what serves: the model version, cold start or trained, and the training job status."""
+    service = _service(request)
+    current = service.holder.current
+    return Health(
+        status="UP",
+        model_version=current.model_version,
+        model_kind=current.kind,
+        schema_hash=service.schema.hash,
+        training=service.jobs.snapshot(),
+        last_reload_error=service.holder.last_error,
+    )
+
+
+@router.post("/setup", response_model=SetupResponse, responses=ERRORS)
+async def setup(body: SetupRequest, request: Request) -> Any:
+    """Check the project's labeling config fits the schema; answer the model version Label Studio will store."""
+    await _record(request, "/setup")
+    service = _service(request)
+    if body.schema_:
+        problems = config_differences(body.schema_, service.schema)
+        if problems:
+            message = f"the project's labeling config does not fit schema {service.schema.name!r}: " + "; ".join(
+                problems
+            )
+            return _error(422, ["body", "schema"], message, "schema_mismatch")
+    if body.project and body.hostname and body.access_token:
+        project_id = body.project.split(".")[0]
+        service.projects[project_id] = {"hostname": body.hostname, "access_token": body.access_token}
+    return SetupResponse(model_version=service.holder.current.model_version)
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+def predict(body: PredictRequest, request: Request) -> Any:
+    """Exactly one prediction per task, in task order, covering every dimension of the schema."""
+    service = _service(request)
+    if service.settings.record_dir is not None:
+        service.record("/predict", body.model_dump_json(by_alias=True).encode())
+    settings, schema = service.settings, service.schema
+    if not body.tasks:
+        return _error(422, ["body", "tasks"], "no tasks: send at least one", "empty")
+    if len(body.tasks) > settings.max_tasks:
+        message = f"{len(body.tasks)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
+        return _error(413, ["body", "tasks"], message, "too_many")
+    needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
+    for index, task in enumerate(body.tasks):
+        for name in needed:
+            value = task.data.get(name)
+            loc: list[str | int] = ["body", "tasks", index, "data", name]
+            if value is None:
+                return _error(422, loc, f"task {index} has no field {name!r}", "missing")
+            if not isinstance(value, str):
+                return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
+            if len(value) > settings.max_text_chars:
+                message = (
+                    f"task {index}: {name!r} has {len(value)} characters; the limit is {settings.max_text_chars} "
+                    "(WORKBENCH_MAX_TEXT_CHARS)"
+                )
+                return _error(413, loc, message, "too_long")
+    predictor = service.holder.current  # one model for the whole request, even if a new one is promoted meanwhile
+    datas = [task.data for task in body.tasks]
+    predictions = predictor.predict(datas)
+    results = [
+        p.to_label_studio(schema, data, predictor.model_version) for p, data in zip(predictions, datas, strict=True)
+    ]
+    _count(service, predictions)
+    return {"results": results, "model_version": predictor.model_version}
+
+
+def _count(service, predictions) -> None:
+    metrics = service.metrics
+    metrics.tasks.inc(len(predictions))
+    for prediction in predictions:
+        for name, value in prediction.labels.items():
+            if isinstance(value, str):
+                metrics.predictions.labels(dimension=name, label=value).inc()
+            else:
+                for item in value:
+                    label = item["label"] if isinstance(item, dict) else item
+                    metrics.predictions.labels(dimension=name, label=label).inc()
+
+
+@router.post("/webhook", response_model=WebhookResponse, responses=ERRORS)
+async def webhook(event: WebhookEvent, request: Request) -> Any:
+    """Any Label Studio event; answers at once (Label Studio waits 1 s) and hands training to the job runner."""
+    service = _service(request)
+    await _record(request, "/webhook")
+    if event.action not in KNOWN_EVENTS:
+        message = f"unknown event {event.action!r}; expected one of {sorted(KNOWN_EVENTS)}"
+        return _error(422, ["body", "action"], message, "unknown_event")
+    service.metrics.webhooks.labels(action=event.action).inc()
+    project = _project_id(event)
+    if event.action == "START_TRAINING":
+        status = service.jobs.submit("START_TRAINING", project)
+    elif event.action in TRAINING_EVENTS:
+        status = service.jobs.annotation_changed(project)
+    else:
+        status = "ignored"
+    return WebhookResponse(status=status, action=event.action, job=service.jobs.snapshot())
+
+
+def _project_id(event: WebhookEvent) -> str | None:
+    project = event.project or {}
+    value = project.get("id") if isinstance(project, dict) else None
+    return str(value) if value is not None else None
+
+
+@router.get("/versions", response_model=Versions)
+def versions(request: Request) -> Versions:
+    """The model versions available: the cold start and every trained model in the registry."""
+    service = _service(request)
+    cold_start = f"cold-start-{service.schema.hash}"
+    try:
+        trained = service.versions()
+    except Exception:
+        trained = []
+    return Versions(versions=[cold_start, *trained], current=service.holder.current.model_version)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text: requests, latency, model version, predictions by dimension and label, training jobs."""
+    service = _service(request)
+    service.metrics.serving(service.holder.current.model_version, service.holder.current.kind)
+    return Response(service.metrics.render(), media_type=service.metrics.content_type)

@@ -1,0 +1,50 @@
+"""Backend settings, from environment variables (WORKBENCH_*) or arguments; one pydantic-settings class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the ML backend. Environment variables are WORKBENCH_<NAME> unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKBENCH_", populate_by_name=True, extra="ignore")
+
+    schema_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("WORKBENCH_SCHEMA", "schema_path"),
+        description="Label schema YAML (default: the sample schema).",
+    )
+    models_dir: Path = Field(default=Path("models"), description="Model registry folder.")
+    encoder: str | None = Field(default=None, description="Encoder for the cold-start predictor (path or Hub name).")
+    quantize: bool = Field(default=False, description="int8 dynamic quantization of the encoder's linear layers.")
+    threads: int | None = Field(default=None, description="torch intra-op threads (default: all allowed CPUs).")
+
+    max_tasks: int = Field(default=256, ge=1, description="Most tasks accepted in one /predict request.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="Longest text accepted in a task field.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
+
+    basic_auth_user: str | None = Field(default=None, description="Require HTTP basic auth on all routes but /health.")
+    basic_auth_password: SecretStr | None = None
+
+    reload_interval: float = Field(default=2.0, gt=0, description="Seconds between checks for a newly promoted model.")
+    train_every: int = Field(
+        default=0, ge=0, description="Start training after this many new accepted annotations (0: only on request)."
+    )
+    label_studio_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("LABEL_STUDIO_URL", "label_studio_url")
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "label_studio_api_key")
+    )
+    record_dir: Path | None = Field(
+        default=None, description="Save every request body here, secrets redacted (protocol debugging)."
+    )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether basic auth is configured."""
+        return bool(self.basic_auth_user and self.basic_auth_password)
