@@ -177,3 +177,39 @@ def _instructions_html(schema: Schema) -> str:
         parts += [f"<li><b>{escape(label.value)}</b>: {escape(label.definition)}</li>" for label in dim.labels]
         parts.append("</ul>")
     return "\n".join(parts)
+
+
+def connect_backend(
+    client: Any,
+    project_id: int,
+    url: str,
+    title: str = "stance-workbench",
+    basic_auth: tuple[str, str] | None = None,
+) -> int:
+    """Connect the ML backend at `url` to the project (reusing an existing connection); returns its id.
+
+    Label Studio calls the backend's /health and /setup here, so a backend that is down or whose schema does not
+    fit the project's config fails now, with the backend's own message.
+    """
+    existing = call(lambda: list(client.ml.list(project=project_id)), "list ML backends")
+    for backend in existing:
+        if backend.url.rstrip("/") == url.rstrip("/"):
+            return backend.id
+    auth: dict[str, Any] = {}
+    if basic_auth:
+        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+    backend = call(
+        lambda: client.ml.create(project=project_id, url=url, title=title, is_interactive=False, **auth),
+        f"connect the ML backend at {url}",
+    )
+    return backend.id
+
+
+def request_predictions(client: Any, project_id: int) -> None:
+    """Ask Label Studio to fetch predictions for every task (the Data Manager's "Retrieve Predictions")."""
+    call(
+        lambda: client.actions.create(
+            id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []}
+        ),
+        "retrieve predictions",
+    )

@@ -129,6 +129,50 @@ def serve(
     uvicorn.run("backend.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 
+@app.command()
+def up(
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            "--state-dir", envvar="WORKBENCH_STATE_DIR", help="Where Label Studio data, models and logs live."
+        ),
+    ] = Path(".workbench"),
+    host: Annotated[str, typer.Option(help="Interface both servers listen on.")] = "127.0.0.1",
+    ls_port: Annotated[int, typer.Option(envvar="WORKBENCH_LS_PORT", help="Label Studio port.")] = 8080,
+    backend_port: Annotated[int, typer.Option(envvar="WORKBENCH_PORT", help="ML backend port.")] = 9090,
+    ls_url: Annotated[
+        str | None,
+        typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Use this Label Studio instead of starting one."),
+    ] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False)] = None,
+    backend_url: Annotated[
+        str | None, typer.Option(envvar="WORKBENCH_BACKEND_URL", help="URL Label Studio uses to reach the backend.")
+    ] = None,
+    schema: SchemaOption = None,
+    tasks: Annotated[Path | None, typer.Option(help="JSON-lines task file (default: the sample corpus).")] = None,
+    title: Annotated[str | None, typer.Option(help="Project title (default: from the schema).")] = None,
+) -> None:
+    """Start Label Studio and the ML backend, provision and pre-annotate the sample project; Ctrl-C stops both."""
+    from workbench.up import UpOptions, run_up
+
+    if ls_url and not api_key:
+        raise WorkbenchError("--ls-url needs --api-key (or LABEL_STUDIO_API_KEY) for that Label Studio")
+    run_up(
+        UpOptions(
+            state_dir=state_dir.resolve(),
+            host=host,
+            ls_port=ls_port,
+            backend_port=backend_port,
+            ls_url=ls_url,
+            api_key=api_key,
+            backend_url=backend_url,
+            schema=schema,
+            tasks=tasks,
+            title=title,
+        )
+    )
+
+
 def main() -> None:
     """Entry point: run the app and turn user-fixable errors into one line on stderr and exit code 1."""
     try:

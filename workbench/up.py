@@ -1,0 +1,189 @@
+"""`workbench up`: Label Studio + the ML backend + the sample project, ready in a browser, in one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from annotation_config.errors import WorkbenchError
+from workbench.services import LabelStudioServer, ServiceError, port_is_free, stop_process_group
+
+console = Console()
+
+
+@dataclass
+class UpOptions:
+    """Everything `workbench up` can be told."""
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    ls_port: int = 8080
+    backend_port: int = 9090
+    ls_url: str | None = None
+    api_key: str | None = None
+    backend_url: str | None = None
+    schema: Path | None = None
+    tasks: Path | None = None
+    title: str | None = None
+
+
+def load_credentials(state_dir: Path) -> dict[str, str]:
+    """The local admin login and API token: from the environment, else generated once and kept (mode 0600)."""
+    path = state_dir / "credentials.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise WorkbenchError(
+                f"{path} is not valid JSON: fix or delete it (a new login is then generated)"
+            ) from None
+    credentials = {
+        "username": os.environ.get("LABEL_STUDIO_USERNAME") or stored.get("username") or "admin@localhost.local",
+        "password": os.environ.get("LABEL_STUDIO_PASSWORD") or stored.get("password") or secrets.token_urlsafe(12),
+        "token": os.environ.get("LABEL_STUDIO_USER_TOKEN") or stored.get("token") or secrets.token_hex(20),
+    }
+    if credentials != stored:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(credentials, handle, indent=1)
+        os.replace(temporary, path)
+    os.chmod(path, 0o600)
+    return credentials
+
+
+def start_backend(options: UpOptions, env: dict[str, str]) -> subprocess.Popen:
+    """Start `workbench serve` as a child process group and return it (health is checked by the caller)."""
+    if not port_is_free(options.host, options.backend_port):
+        raise ServiceError(f"port {options.backend_port} is in use: stop what listens there or pass --backend-port")
+    log_path = options.state_dir / "backend.log"
+    argv = [sys.executable, "-m", "workbench", "serve", "--host", options.host, "--port", str(options.backend_port)]
+    argv += ["--models", str(options.state_dir / "models")]
+    if options.schema:
+        argv += ["--schema", str(options.schema)]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+
+
+def wait_for(url: str, process: subprocess.Popen | None, name: str, log: Path, timeout: float = 180) -> None:
+    """Poll a health URL until it answers 200; fail with one line if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"{name} exited with code {process.returncode} during start-up; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServiceError(f"{name} did not answer {url} within {timeout:.0f} s; see {log}")
+
+
+def run_up(options: UpOptions) -> None:
+    """Start everything, provision and pre-annotate the sample project, then wait for Ctrl-C."""
+    from annotation_config.provision import (
+        DEFAULT_TASKS_PATH,
+        connect,
+        connect_backend,
+        provision,
+        read_tasks,
+        request_predictions,
+    )
+    from annotation_config.schema import load_schema
+
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    schema = load_schema(options.schema)
+    tasks = read_tasks(options.tasks or DEFAULT_TASKS_PATH, schema)
+    studio: LabelStudioServer | None = None
+    backend: subprocess.Popen | None = None
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with console.status("starting Label Studio…") as status:
+            if options.ls_url:
+                ls_url = options.ls_url.rstrip("/")
+                api_key = options.api_key or os.environ.get("LABEL_STUDIO_API_KEY") or ""
+                login = None
+            else:
+                credentials = load_credentials(options.state_dir)
+                studio = LabelStudioServer(
+                    data_dir=options.state_dir / "label-studio",
+                    port=options.ls_port,
+                    host=options.host,
+                    username=credentials["username"],
+                    password=credentials["password"],
+                    token=credentials["token"],
+                    log_path=options.state_dir / "label-studio.log",
+                )
+                if not port_is_free(options.host, options.ls_port):
+                    raise ServiceError(f"port {options.ls_port} is in use: stop what listens there or pass --ls-port")
+                status.update("starting Label Studio (about 40 s on first start)…")
+                studio.start()
+                ls_url, api_key, login = studio.url, credentials["token"], credentials
+            console.print(f"[green]✓[/] Label Studio at {ls_url}")
+
+            status.update("starting the ML backend…")
+            env = {**os.environ, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": api_key}
+            backend = start_backend(options, env)
+            backend_url = options.backend_url or f"http://{options.host}:{options.backend_port}"
+            wait_for(f"{backend_url}/health", backend, "the ML backend", options.state_dir / "backend.log")
+            console.print(f"[green]✓[/] ML backend at {backend_url}")
+
+            status.update("provisioning the project…")
+            client = connect(ls_url, api_key)
+            result = provision(client, schema, tasks, options.title or schema.name, ls_url)
+            console.print(
+                f"[green]✓[/] project {result.project_id}: "
+                f"{result.imported} tasks imported, {result.skipped} already there"
+            )
+            status.update("connecting the backend and pre-annotating every task…")
+            user = os.environ.get("WORKBENCH_BASIC_AUTH_USER")
+            password = os.environ.get("WORKBENCH_BASIC_AUTH_PASSWORD")
+            connect_backend(
+                client, result.project_id, backend_url, basic_auth=(user, password) if user and password else None
+            )
+            request_predictions(client, result.project_id)
+            console.print(f"[green]✓[/] predictions requested for {len(tasks)} tasks")
+
+        console.print(f"\n[bold]ready:[/] {result.url}")
+        if login:
+            console.print(
+                f"log in as {login['username']} / {login['password']} (saved in {options.state_dir}/credentials.json)"
+            )
+        console.print(
+            "label in the browser; retrain with `workbench train`; Ctrl-C stops both servers"
+        )
+        while True:
+            time.sleep(1)
+            if studio is not None and studio.process is not None and studio.process.poll() is not None:
+                raise ServiceError(f"Label Studio exited unexpectedly (code {studio.process.returncode}); see its log")
+            if backend.poll() is not None:
+                raise ServiceError(f"the ML backend exited unexpectedly (code {backend.returncode}); see backend.log")
+    except KeyboardInterrupt:
+        stopping = True
+    finally:
+        if backend is not None:
+            stop_process_group(backend)
+        if studio is not None:
+            studio.stop()
+        if stopping:
+            console.print("stopped Label Studio and the ML backend")
