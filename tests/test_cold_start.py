@@ -1,0 +1,238 @@
+"""ColdStartPredictor: one honest prediction per task, in order, for any schema; spans at the right offsets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotation_config.regions import Prediction, results_to_labels
+from annotation_config.schema import Schema, load_schema, parse_schema
+from backend.cold_start import MAX_SCORE, ColdStartPredictor
+from backend.predictor import Predictor
+from training.embedding import SentenceEmbedder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HONEST = 0.9  # no cold-start score may claim more
+
+MANUFACTURED = (
+    "Officials in Moscow dismissed the Western warnings as fabricated propaganda, a pretext for NATO to move "
+    "more weapons to Russia's borders."
+)
+ECONOMIC = (
+    "The new sanctions will hit trade between the two countries, raising costs for exporters and cutting investment."
+)
+GENUINE = (
+    "Satellite images show Russia massing more than 100,000 troops near the border, a serious threat of an imminent "
+    "invasion, Western intelligence officials warned."
+)
+OLYMPICS = "Thousands of fans gathered in Beijing for the opening ceremony of the Winter Olympics on Friday."
+
+
+class CountingEmbedder:
+    """Wraps the real embedder and records each call."""
+
+    def __init__(self, inner: SentenceEmbedder) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts):
+        self.calls.append(list(texts))
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder(threads=2)
+
+
+@pytest.fixture(scope="module")
+def predictor(schema: Schema, embedder: SentenceEmbedder) -> ColdStartPredictor:
+    return ColdStartPredictor(schema, embedder)
+
+
+@pytest.fixture(scope="module")
+def sample_predictions(predictor: ColdStartPredictor, sample_tasks: list[dict]) -> list[Prediction]:
+    return predictor.predict(sample_tasks)
+
+
+def all_scores(item: dict) -> list[float]:
+    return [item["score"], *(r["score"] for r in item["result"] if "score" in r)]
+
+
+def test_is_a_versioned_predictor(predictor: ColdStartPredictor, schema: Schema):
+    typed: Predictor = predictor  # the backend holds it as a Predictor
+    assert callable(typed.predict)
+    assert predictor.kind == "cold-start"
+    assert predictor.model_version == f"cold-start-{schema.hash}"
+    changed = schema.model_copy(update={"instructions": schema.instructions + " Read twice."})
+    assert ColdStartPredictor(changed, predictor.embedder).model_version != predictor.model_version
+
+
+def test_one_prediction_per_task_in_order(predictor, sample_tasks, sample_predictions):
+    assert len(sample_predictions) == len(sample_tasks)
+    picked = [sample_tasks[i] for i in (7, 0, 42)]
+    alone = [predictor.predict([task])[0] for task in picked]
+    together = predictor.predict(picked)
+    assert together == alone == [sample_predictions[i] for i in (7, 0, 42)]
+    assert predictor.predict([]) == []
+
+
+def test_one_embedder_call_per_batch(schema, embedder, sample_tasks):
+    counting = CountingEmbedder(embedder)
+    predictor = ColdStartPredictor(schema, counting)
+    counting.calls.clear()
+    predictor.predict(sample_tasks[:10])
+    assert len(counting.calls) == 1
+    assert sorted(counting.calls[0]) == sorted({task["text"] for task in sample_tasks[:10]})
+
+
+def test_shapes_follow_the_schema(schema, sample_predictions):
+    for prediction in sample_predictions:
+        for dim in schema.of_kind("single"):
+            assert prediction.labels[dim.name] in dim.values
+            assert 1 / len(dim.values) <= prediction.scores[dim.name] <= MAX_SCORE
+        for dim in schema.of_kind("multi"):
+            chosen = prediction.labels[dim.name]
+            assert chosen == [v for v in dim.values if v in chosen]  # schema order, no duplicates
+            assert 0.5 <= prediction.scores[dim.name] <= MAX_SCORE
+        for dim in schema.of_kind("spans"):
+            assert dim.name not in prediction.scores
+            for span in prediction.labels[dim.name]:
+                assert set(span) == {"start", "end", "text", "label", "score"}
+                assert span["label"] in dim.values
+        choice = [prediction.scores[d.name] for d in schema.of_kind("single", "multi")]
+        assert prediction.score == pytest.approx(np.mean(choice))
+
+
+def test_every_sample_task_converts_and_no_score_claims_certainty(schema, predictor, sample_tasks, sample_predictions):
+    for task, prediction in zip(sample_tasks, sample_predictions, strict=True):
+        item = prediction.to_label_studio(schema, task, predictor.model_version)
+        assert item["model_version"] == predictor.model_version
+        assert max(all_scores(item)) <= HONEST
+        back = results_to_labels(schema, item["result"], task)  # valid Label Studio JSON for this schema
+        assert {k: v for k, v in back.items() if v != []} == {
+            k: ([{f: s[f] for f in ("start", "end", "text", "label")} for s in v] if k == "evidence" else v)
+            for k, v in prediction.labels.items()
+            if v != []
+        }
+    span_scores = [s["score"] for p in sample_predictions for s in p.labels["evidence"]]
+    assert span_scores and max(span_scores) <= 0.5
+
+
+def test_deterministic(predictor, sample_tasks, sample_predictions):
+    predictor.embedder.clear_cache()
+    first = predictor.predict(sample_tasks[:5])
+    predictor.embedder.clear_cache()
+    assert predictor.predict(sample_tasks[:5]) == first
+    # Encoded in a batch of 5 rather than 108, the vectors differ by float noise (padding widths), nothing more.
+    for prediction, reference in zip(first, sample_predictions[:5], strict=True):
+        assert prediction.labels == reference.labels
+        assert prediction.scores == pytest.approx(reference.scores, abs=1e-4)
+
+
+def test_repeated_paragraphs_come_from_the_cache(predictor, sample_tasks):
+    predictor.predict(sample_tasks[:3])
+    before = predictor.embedder.cache_info()
+    predictor.predict(sample_tasks[:3])
+    after = predictor.embedder.cache_info()
+    assert after["misses"] == before["misses"]
+    assert after["hits"] == before["hits"] + 3
+
+
+def test_missing_or_odd_text_does_not_crash(schema, predictor):
+    tasks = [{}, {"text": None}, {"text": 42}, {"text": ""}, {"text": "   "}, {"title": "only a title"}]
+    predictions = predictor.predict(tasks)
+    assert len(predictions) == len(tasks)
+    for task, prediction in zip(tasks, predictions, strict=True):
+        for dim in schema.of_kind("single"):
+            assert dim.name not in prediction.labels  # no evidence, no answer
+            assert prediction.scores[dim.name] == pytest.approx(1 / len(dim.values))
+        assert prediction.labels["frames"] == [] and prediction.labels["evidence"] == []
+        assert prediction.score < 0.5
+        assert prediction.to_label_studio(schema, task, predictor.model_version)["result"] == []
+
+
+def test_spans_offsets_with_emoji_and_persian(embedder):
+    schema = parse_schema(
+        {
+            "name": "fa",
+            "dimensions": [
+                {
+                    "name": "tone",
+                    "kind": "single",
+                    "labels": [{"value": "a", "definition": "A."}, {"value": "b", "definition": "B."}],
+                },
+                {
+                    "name": "ents",
+                    "kind": "spans",
+                    "labels": [
+                        {"value": "country", "definition": "A country.", "cues": ["روسیه", "چین", "China", "NATO"]},
+                        {"value": "pact", "definition": "An agreement.", "cues": ["پیمان", "a pact", "signed a pact"]},
+                    ],
+                },
+            ],
+        }
+    )
+    predictor = ColdStartPredictor(schema, embedder)
+    text = "Russia 😀 and china 🇷🇺 signed  a pact — پیمان روسیه و چین — said NATO. NATOs; می‌روسیه; روسیهٔ"
+    [prediction] = predictor.predict([{"text": text}])
+    spans = prediction.labels["ents"]
+    for span in spans:
+        assert text[span["start"] : span["end"]] == span["text"]
+        assert 0 < span["score"] <= 0.5
+    found = [(s["text"], s["label"]) for s in spans]
+    assert found == [
+        ("china", "country"),  # case-insensitive
+        ("signed  a pact", "pact"),  # any whitespace inside a phrase; the longest cue wins, no overlap
+        ("پیمان", "pact"),
+        ("روسیه", "country"),
+        ("چین", "country"),
+        ("NATO", "country"),  # but not "NATOs", nor Persian words joined by ZWNJ or carrying a diacritic
+    ]
+    assert spans[-1]["start"] == text.index("NATO")  # code points: the emoji and flag count as 1 and 2
+    prediction.to_label_studio(schema, {"text": text}, predictor.model_version)
+
+
+def test_another_schema_headline_and_body(embedder):
+    schema = load_schema(FIXTURES / "headline_body.yaml")
+    predictor = ColdStartPredictor(schema, embedder)
+    assert predictor.model_version == f"cold-start-{schema.hash}"
+    tasks = [
+        {
+            "id": "1",
+            "headline": "You won't believe what Smith did next",
+            "body": "The striker scored twice in the final.",
+        },
+        {"id": "2", "headline": "Parliament passes the budget", "body": "MPs voted 310 to 250 for the spending plan."},
+        {"id": "3", "headline": "smith, SMITH and Smithson"},  # no body
+    ]
+    predictions = predictor.predict(tasks)
+    assert len(predictions) == 3
+    for task, prediction in zip(tasks, predictions, strict=True):
+        item = prediction.to_label_studio(schema, task, predictor.model_version)
+        assert max(all_scores(item)) <= HONEST
+        for result in item["result"]:
+            assert result["to_name"] == ("headline" if result["from_name"] in {"clickbait", "names"} else "body")
+        assert prediction.labels["clickbait"] in {"yes", "no"}  # every task has a headline
+    assert [s["text"] for s in predictions[0].labels["names"]] == ["Smith"]
+    assert predictions[0].labels["names"][0]["start"] == tasks[0]["headline"].index("Smith")
+    assert [s["text"] for s in predictions[2].labels["names"]] == ["smith", "SMITH"]
+    assert predictions[2].labels["topics"] == []  # no body, no topics
+
+
+def test_useful_on_clear_paragraphs(predictor):
+    manufactured, economic, genuine, olympics = predictor.predict(
+        [{"text": MANUFACTURED}, {"text": ECONOMIC}, {"text": GENUINE}, {"text": OLYMPICS}]
+    )
+    assert manufactured.labels["threat_characterization"] == "manufactured"
+    assert "Security_and_defense" in manufactured.labels["frames"] or manufactured.scores["frames"] < 0.6
+    assert "Economic" in economic.labels["frames"]
+    assert genuine.labels["threat_characterization"] == "genuine"
+    assert "Security_and_defense" in genuine.labels["frames"]
+    assert olympics.labels["threat_characterization"] == "not_applicable"
+    assert "Economic" not in olympics.labels["frames"]
+    evidence = {(s["text"], s["label"]) for s in manufactured.labels["evidence"]}
+    assert {("propaganda", "framing_cue"), ("pretext", "framing_cue"), ("NATO", "actor")} <= evidence
+    assert ("Russia", "actor") in evidence  # "Russia's": the possessive ends the word
