@@ -50,14 +50,29 @@ class Service:
             payload: Any = json.loads(body)
         except ValueError:
             return
-        if isinstance(payload, dict) and "access_token" in payload:
-            payload["access_token"] = "<redacted>"
+        payload = _redacted(payload)
         with self.record_lock:
             self.recorded += 1
             number = self.recorded
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{number:04d}-{route.strip('/') or 'root'}.json"
         (folder / name).write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _redacted(value: Any) -> Any:
+    """A copy of a JSON value with every token, password or secret replaced."""
+    if isinstance(value, dict):
+        return {
+            key: "<redacted>" if _is_secret(key) and item is not None else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
+
+
+def _is_secret(key: str) -> bool:
+    return any(word in key.lower() for word in ("token", "password", "secret", "api_key"))
 
 
 def registry_link(models_dir: Path):

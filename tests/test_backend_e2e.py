@@ -61,12 +61,12 @@ def test_label_studio_stores_backend_predictions_for_every_dimension(
     tasks = list(ls_client.tasks.list(project=result.project_id, fields="all", page_size=500))
     assert len(tasks) == len(sample_tasks)
     for stored in tasks:
-        predictions = [p for p in stored.predictions if p["model_version"] == version]
+        predictions = [p for p in stored.predictions if p.model_version == version]
         assert len(predictions) == 1, f"task {stored.id} has {len(stored.predictions)} predictions"
-        labels = results_to_labels(schema, predictions[0]["result"], stored.data)
+        labels = results_to_labels(schema, predictions[0].result, stored.data)
         for dim in schema.of_kind("single"):
             assert labels.get(dim.name) in dim.values
-        assert 0 < predictions[0]["score"] < 0.9
+        assert 0 < predictions[0].score < 0.9
 
     recorded = {}
     for path in sorted(record_dir.glob("*.json")):
