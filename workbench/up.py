@@ -169,9 +169,7 @@ def run_up(options: UpOptions) -> None:
             console.print(
                 f"log in as {login['username']} / {login['password']} (saved in {options.state_dir}/credentials.json)"
             )
-        console.print(
-            "label in the browser; retrain with `workbench train`; Ctrl-C stops both servers"
-        )
+        console.print("label in the browser; retrain with `workbench train`; Ctrl-C stops both servers")
         while True:
             time.sleep(1)
             if studio is not None and studio.process is not None and studio.process.poll() is not None:
