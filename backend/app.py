@@ -96,7 +96,10 @@ def default_predictors(settings: Settings, schema: Schema):
         from training.embedding import SentenceEmbedder
 
         return ColdStartPredictor(
-            schema, SentenceEmbedder(settings.encoder, quantize=settings.quantize, threads=settings.threads)
+            schema,
+            SentenceEmbedder(
+                settings.encoder, quantize=settings.quantize, threads=settings.threads, cache_size=settings.cache_size
+            ),
         )
 
     def trained(version: str, folder: Path) -> Predictor:

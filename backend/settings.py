@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     encoder: str | None = Field(default=None, description="Encoder for the cold-start predictor (path or Hub name).")
     quantize: bool = Field(default=False, description="int8 dynamic quantization of the encoder's linear layers.")
     threads: int | None = Field(default=None, description="torch intra-op threads (default: all allowed CPUs).")
+    cache_size: int = Field(default=4096, ge=0, description="Paragraph embeddings kept in memory (0: no cache).")
 
     max_tasks: int = Field(default=256, ge=1, description="Most tasks accepted in one /predict request.")
     max_text_chars: int = Field(default=20_000, ge=1, description="Longest text accepted in a task field.")
