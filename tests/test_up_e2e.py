@@ -1,0 +1,167 @@
+"""`workbench up` as a user runs it: a subprocess that starts Label Studio and the backend, provisions and
+pre-annotates the sample project, stops both on Ctrl-C, and reuses everything when run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from annotation_config.provision import connect
+from annotation_config.regions import results_to_labels
+from workbench.services import free_port, port_is_free
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+
+class UpProcess:
+    """`workbench up` in a subprocess, with its output collected line by line."""
+
+    def __init__(self, state_dir: Path, ls_port: int, backend_port: int) -> None:
+        self.state_dir, self.ls_port, self.backend_port = state_dir, ls_port, backend_port
+        self.lines: list[str] = []
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "TERM": "dumb"}
+        for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "WORKBENCH_BASIC_AUTH_USER"):
+            env.pop(name, None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "up", "--state-dir", str(state_dir)]
+            + ["--ls-port", str(ls_port), "--backend-port", str(backend_port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_ready(self, timeout: float = 400) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.startswith("ready:"):
+                    return line.split("ready:", 1)[1].strip()
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise AssertionError("workbench up did not get ready:\n" + "\n".join(self.lines[-30:]))
+
+    def interrupt(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _children_gone(state_dir: Path) -> bool:
+    """No process whose command line names this state folder (Label Studio's data dir, the backend's models)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(state_dir) in cmdline or f"LABEL_STUDIO_BASE_DATA_DIR={state_dir}" in environ:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def up_run(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("state")
+    run = UpProcess(state_dir, free_port(), free_port())
+    url = run.wait_ready()
+    credentials = json.loads((state_dir / "credentials.json").read_text(encoding="utf-8"))
+    yield run, url, credentials
+    if run.process.poll() is None:
+        run.interrupt()
+
+
+def _project_snapshot(client) -> dict:
+    projects = list(client.projects.list())
+    assert len(projects) == 1, [p.title for p in projects]
+    project = projects[0]
+    tasks = list(client.tasks.list(project=project.id, fields="all", page_size=500))
+    return {
+        "project": project.id,
+        "tasks": len(tasks),
+        "keys": len({t.data["key"] for t in tasks}),
+        "backends": len(list(client.ml.list(project=project.id))),
+        "predictions": sorted(len(t.predictions) for t in tasks),
+        "task_objects": tasks,
+    }
+
+
+def test_up_provisions_and_preannotates_everything(up_run, schema, sample_tasks):
+    run, url, credentials = up_run
+    assert (run.state_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
+    assert credentials["password"] in run.output and credentials["username"] in run.output
+    client = connect(f"http://127.0.0.1:{run.ls_port}", credentials["token"])
+    snapshot = _project_snapshot(client)
+    assert url.endswith(f"/projects/{snapshot['project']}/data")
+    assert snapshot["tasks"] == snapshot["keys"] == len(sample_tasks)
+    assert snapshot["backends"] == 1
+    assert snapshot["predictions"] == [1] * len(sample_tasks)
+    for task in snapshot["task_objects"]:
+        prediction = task.predictions[0]
+        assert prediction.model_version == f"cold-start-{schema.hash}"
+        labels = results_to_labels(schema, prediction.result, task.data)
+        assert all(labels.get(d.name) in d.values for d in schema.of_kind("single"))
+
+
+def test_ctrl_c_stops_both_and_a_second_run_reuses_everything(up_run, sample_tasks):
+    run, _, credentials = up_run
+    assert run.interrupt() == 0
+    assert "stopped Label Studio and the ML backend" in run.output
+    deadline = time.monotonic() + 20
+    while not (_children_gone(run.state_dir) and port_is_free("127.0.0.1", run.ls_port)):
+        assert time.monotonic() < deadline, "a child process outlived workbench up"
+        time.sleep(0.5)
+    assert port_is_free("127.0.0.1", run.backend_port)
+
+    again = UpProcess(run.state_dir, run.ls_port, run.backend_port)
+    try:
+        again.wait_ready()
+        assert f"0 tasks imported, {len(sample_tasks)} already there" in again.output
+        client = connect(f"http://127.0.0.1:{run.ls_port}", credentials["token"])  # same token as the first run
+        snapshot = _project_snapshot(client)
+        assert snapshot["tasks"] == len(sample_tasks)
+        assert snapshot["backends"] == 1
+        assert snapshot["predictions"] == [1] * len(sample_tasks)  # same model version: no second prediction
+    finally:
+        assert again.interrupt() == 0
+
+
+def test_port_in_use_gives_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "workbench", "up", "--state-dir", str(tmp_path), "--ls-port", str(port)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"port {port} is in use" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
