@@ -20,7 +20,7 @@ from typing import Any
 DEFAULT_ARTICLES_DIR: Path = Path(__file__).resolve().parents[1].parent / "shared/data/seed_articles"
 DEFAULT_TASKS_FILE: Path = Path(__file__).resolve().parents[1] / "data/sample_tasks.jsonl"
 
-TASK_KEYS = ("key", "text", "title", "source", "date", "article_id", "paragraph")
+TASK_KEYS = ("key", "text", "title", "publication", "date", "article_id", "paragraph")
 
 # Publications recognised from the page chrome (header, footer, credit lines), first match wins.
 SOURCE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
@@ -291,7 +291,7 @@ def split_article(raw: str, article_id: str) -> list[dict[str, Any]]:
             "key": f"{article_id}-{i:03d}",
             "text": text,
             "title": title,
-            "source": source,
+            "publication": source,
             "date": date,
             "article_id": article_id,
             "paragraph": i,

@@ -213,3 +213,31 @@ def request_predictions(client: Any, project_id: int) -> None:
         ),
         "retrieve predictions",
     )
+
+
+def export_tasks(client: Any, project_id: int, attempts: int = 4, backoff: float = 1.0) -> list[dict]:
+    """Every task of a project with its annotations (Label Studio's JSON export), retried with backoff.
+
+    A Label Studio that is down or slow gets `attempts` tries (waits of backoff, 2x, 4x ... seconds), then one
+    clear LabelStudioError; nothing is written before the whole export is in memory.
+    """
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            chunks = call(
+                lambda: b"".join(
+                    client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
+                ),
+                f"export project {project_id}",
+            )
+            tasks = json.loads(chunks)
+            if not isinstance(tasks, list):
+                raise LabelStudioError(f"project {project_id}: the export is not a list of tasks")
+            return tasks
+        except LabelStudioError as error:
+            retriable = "HTTP 4" not in str(error) and "rejected the API key" not in str(error)
+            if attempt == attempts or not retriable:
+                raise LabelStudioError(f"{error} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+            time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

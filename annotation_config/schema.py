@@ -16,6 +16,8 @@ DEFAULT_SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
 Kind = Literal["single", "multi", "spans"]
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Task fields Label Studio's templates resolve to something else ($source is the whole task JSON).
+RESERVED_FIELDS = {"source", "id", "annotations", "predictions", "meta"}
 
 
 class SchemaError(WorkbenchError, ValueError):
@@ -67,6 +69,15 @@ class DataSpec(_Strict):
     extra: list[str] = Field(default_factory=list)
 
     _text = field_validator("text", "key")(_check_identifier)
+
+    @model_validator(mode="after")
+    def _no_reserved_fields(self) -> DataSpec:
+        for name in self.shown_fields:
+            if name in RESERVED_FIELDS:
+                raise ValueError(
+                    f"field {name!r} is reserved by Label Studio (${name} shows something else); rename it"
+                )
+        return self
 
     @property
     def shown_fields(self) -> list[str]:

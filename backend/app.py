@@ -112,10 +112,12 @@ def default_predictors(settings: Settings, schema: Schema):
 
 def training_command(settings: Settings, service_projects: dict[str, dict[str, str]]):
     """How the job runner starts training: `workbench train` in a child process, secrets via the environment."""
+    import shlex
     import sys
 
     def build(project: str | None) -> tuple[list[str], dict[str, str]]:
-        argv = [sys.executable, "-m", "workbench", "train", "--models", str(settings.models_dir)]
+        argv = [sys.executable, "-m", "workbench", "train", "--quiet", "--models", str(settings.models_dir)]
+        argv += shlex.split(settings.train_args)
         if settings.schema_path:
             argv += ["--schema", str(settings.schema_path)]
         env: dict[str, str] = {}

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     train_every: int = Field(
         default=0, ge=0, description="Start training after this many new accepted annotations (0: only on request)."
     )
+    train_args: str = Field(
+        default="", description="Extra `workbench train` options for jobs the backend starts, e.g. '--epochs 3'."
+    )
     label_studio_url: str | None = Field(
         default=None, validation_alias=AliasChoices("LABEL_STUDIO_URL", "label_studio_url")
     )

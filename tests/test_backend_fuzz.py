@@ -11,11 +11,11 @@ from backend.app import create_app
 from backend.settings import Settings
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-task_data = st.dictionaries(st.sampled_from(["text", "title", "source", "date", "x"]), json_values, max_size=4)
+task_data = st.dictionaries(st.sampled_from(["text", "title", "publication", "date", "x"]), json_values, max_size=4)
 tasks = st.lists(st.fixed_dictionaries({"data": task_data}, optional={"id": json_values}), max_size=4)
 payloads = st.one_of(
     json_values,

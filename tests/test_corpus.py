@@ -106,9 +106,9 @@ def test_no_boilerplate_in_task_text(tasks: list[dict]) -> None:
 def test_titles_sources_and_dates(tasks: list[dict]) -> None:
     by_article = {t["article_id"]: t for t in tasks}
     assert {a: t["title"] for a, t in by_article.items()} == EXPECTED_TITLES
-    assert by_article["7e9e70b8f12bb24b"]["source"] == "World Socialist Web Site"
+    assert by_article["7e9e70b8f12bb24b"]["publication"] == "World Socialist Web Site"
     assert by_article["7e9e70b8f12bb24b"]["date"] == "2022-02-06"
-    assert by_article["fd5c5512a1056ef1"]["source"] == "Global Research"
+    assert by_article["fd5c5512a1056ef1"]["publication"] == "Global Research"
     assert by_article["fd5c5512a1056ef1"]["date"] == "2021-12-15"
     assert by_article["b3a10d98a9b0cb7e"]["date"] is None
 
@@ -155,7 +155,7 @@ def test_split_article_on_a_hand_made_page() -> None:
     assert [t["paragraph"] for t in result] == [0, 1, 2]
     assert {t["title"] for t in result} == {"Sanctions talks stall"}
     assert {t["date"] for t in result} == {"2023-03-03"}
-    assert {t["source"] for t in result} == {None}
+    assert {t["publication"] for t in result} == {None}
 
 
 def test_page_without_heading_takes_title_and_site_from_the_first_line() -> None:
@@ -168,7 +168,7 @@ def test_page_without_heading_takes_title_and_site_from_the_first_line() -> None
         "Stocks rose sharply on Monday after parliament approved the budget, traders said."
     ]
     assert result[0]["title"] == "Markets rally after the vote"
-    assert result[0]["source"] == "Daily Ledger"
+    assert result[0]["publication"] == "Daily Ledger"
 
 
 def test_clean_inline_keeps_visible_text_only() -> None:

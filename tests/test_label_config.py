@@ -42,7 +42,7 @@ def test_rendering_has_one_control_per_dimension_with_hints(schema):
     assert [s.get("name") for s in spans] == ["evidence"]
     assert [label.get("value") for label in spans[0]] == ["threat_claim", "framing_cue", "actor"]
     texts = {t.get("name"): t.get("value") for t in root.iter("Text")}
-    assert texts == {"text": "$text", "title": "$title", "source": "$source", "date": "$date"}
+    assert texts == {"text": "$text", "title": "$title", "publication": "$publication", "date": "$date"}
 
 
 def test_other_schema_renders_and_validates():

@@ -50,7 +50,7 @@ def test_schema_change_updates_config_and_new_tasks_only(label_studio, ls_client
 
 def test_label_studio_accepts_converted_annotation_for_every_kind(label_studio, ls_client, schema):
     text = "Moscow 😀 calls the “invasion” story پروپاگاندا — hype from Washington."
-    task = {"key": "emoji-1", "text": text, "title": "T", "source": None, "date": None}
+    task = {"key": "emoji-1", "text": text, "title": "T", "publication": None, "date": None}
     result = provision(ls_client, schema, [task], "Annotation e2e", label_studio.url)
     stored = next(iter(ls_client.tasks.list(project=result.project_id)))
 

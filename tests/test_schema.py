@@ -90,6 +90,7 @@ def _broken(mutate) -> dict:
         ),
         (lambda r: r["dimensions"][1].update(name="threat characterization"), "is not a valid name"),
         (lambda r: r["targets"].append(dict(r["targets"][0])), "targets[3].id: duplicate target 'russia_china'"),
+        (lambda r: r["data"]["context"][1].update(name="source"), "data: field 'source' is reserved by Label Studio"),
     ],
 )
 def test_broken_schema_fails_with_path_and_fix(mutate, expected):

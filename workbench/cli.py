@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
+from training import cli as training_cli
 from workbench.services import ServiceError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ config_app = typer.Typer(no_args_is_help=True, help="The Label Studio labeling c
 data_app = typer.Typer(no_args_is_help=True, help="The sample corpus of paragraph tasks.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+training_cli.register(app)  # train, evaluate, models list|promote|rollback
 
 err = Console(stderr=True)
 

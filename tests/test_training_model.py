@@ -1,0 +1,200 @@
+"""The multi-head model (views, masked losses, save/load), span tags, calibration and the evaluation metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.calibration import (
+    confidence_and_correct,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    sigmoid,
+    softmax,
+)
+from training.evaluation import evaluate_outputs, span_metrics
+from training.modeling import IGNORE, MultiHeadModel, encode_views, pad_views
+from training.predict import decode_spans
+from training.trainer import Collator, featurize, load_tokenizer, token_tags
+
+TEXTS = [
+    {"text": "Moscow calls the invasion warnings propaganda.", "title": "A"},
+    {"text": "NATO says the troops at the border are a real danger to Ukraine.", "title": "B"},
+]
+
+
+@pytest.fixture(scope="module")
+def model(schema):
+    torch.manual_seed(0)
+    built = MultiHeadModel.from_encoder(schema, max_seq_length=48)
+    return built.eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)
+
+
+def test_one_pass_per_view_and_a_head_per_dimension(model, tokenizer, schema):
+    views = [v.id for v in model.config.views]
+    assert views == ["text|russia_china", "text|us_policy", "text|nato_enlargement", "text"]
+    batch = pad_views(encode_views(tokenizer, model.config, TEXTS))
+    with torch.inference_mode():
+        logits = model(
+            views={k: {n: t for n, t in v.items() if n != "offset_mapping"} for k, v in batch.items()}
+        ).logits
+    for dim in schema.dimensions:
+        width = len(dim.labels)
+        shape = logits[dim.name].shape
+        assert shape[0] == 2 and (shape[-2:] == (width, 3) if dim.kind == "spans" else shape == (2, width))
+
+
+def test_pair_input_keeps_offsets_of_the_text_only(model, tokenizer):
+    (item,) = encode_views(tokenizer, model.config, TEXTS[:1])
+    pair = item["text|us_policy"]
+    text = TEXTS[0]["text"]
+    words = [text[s:e] for s, e in pair["offset_mapping"] if s >= 0]
+    assert words[0] == "Moscow" and "US" not in words  # target tokens carry no text offsets
+    assert len(pair["input_ids"]) > len(item["text"]["input_ids"])  # the target is in the input
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(model, tokenizer, tmp_path):
+    batch = pad_views(encode_views(tokenizer, model.config, TEXTS))
+    views = {k: {n: t for n, t in v.items() if n != "offset_mapping"} for k, v in batch.items()}
+    model.save_pretrained(tmp_path)
+    loaded = MultiHeadModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.dimensions == model.config.dimensions
+    assert loaded.config.encoder_name == model.config.encoder_name
+    with torch.inference_mode():
+        before, after = model(views=views).logits, loaded(views=views).logits
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_missing_labels_are_masked_not_negatives(model, tokenizer):
+    rows = [
+        {**TEXTS[0], "threat_characterization": "manufactured", "frames": ["Political"]},
+        {**TEXTS[1], "threat_characterization": None, "frames": None},  # unlabeled: must not count
+    ]
+    items = featurize(rows, model.config, tokenizer)
+    assert items[1]["labels"]["threat_characterization"] == IGNORE
+    assert items[1]["labels"]["frames"] == [-1.0] * 14
+    assert all(t == [IGNORE] * 3 for t in items[1]["labels"]["evidence"])
+    collate = Collator(model.config)
+    with torch.inference_mode():
+        both = model(**collate(items)).loss
+        alone = model(**collate(items[:1])).loss
+    assert torch.isfinite(both)
+    assert both.item() == pytest.approx(alone.item(), abs=1e-4)
+
+
+def test_training_skips_views_without_labels(model, tokenizer):
+    rows = [{**TEXTS[0], "threat_characterization": "genuine"}, {**TEXTS[1], "threat_characterization": "contested"}]
+    batch = Collator(model.config)(featurize(rows, model.config, tokenizer))
+    model.train()
+    try:
+        out = model(**batch)
+        out.loss.backward()
+    finally:
+        model.eval()
+        model.zero_grad()
+    assert torch.isfinite(out.loss)
+    assert "stance_us_policy" not in out.logits  # the target passes never ran
+    assert out.logits["threat_characterization"].abs().sum() > 0
+
+
+def test_span_tags_from_character_offsets():
+    offsets = [(-1, -1), (0, 6), (7, 12), (13, 16), (16, 20), (-1, -1)]  # [CLS] Moscow calls hyp ##e. [SEP]
+    spans = [{"start": 0, "end": 6, "label": "actor"}, {"start": 13, "end": 19, "label": "framing_cue"}]
+    tags = token_tags(offsets, spans, ["threat_claim", "framing_cue", "actor"])
+    assert tags[0] == [IGNORE] * 3 and tags[-1] == [IGNORE] * 3
+    assert [t[2] for t in tags[1:5]] == [1, 0, 0, 0]  # actor: B on "Moscow"
+    assert [t[1] for t in tags[1:5]] == [0, 0, 1, 2]  # framing_cue: B I over "hyp ##e"
+    assert all(t[0] == 0 for t in tags[1:5])
+
+
+def test_span_decoding_widens_to_whole_words_and_scores():
+    text = "Moscow calls it hype."
+    offsets = [(-1, -1), (0, 3), (3, 6), (7, 12), (13, 15), (16, 20), (20, 21), (-1, -1)]
+    probs = np.zeros((8, 1, 3))
+    probs[:, 0, 0] = 1.0
+    probs[2, 0] = [0.1, 0.8, 0.1]  # B on "cow": the span widens to "Moscow"
+    probs[5, 0] = [0.3, 0.6, 0.1]
+    (first, second) = decode_spans(probs, offsets, ["actor"], text)
+    assert (first["text"], first["start"], first["end"]) == ("Moscow", 0, 6)
+    assert first["score"] == pytest.approx(0.9)
+    assert second["text"] == "hype" and second["score"] == pytest.approx(0.7)
+
+
+def test_temperature_scaling_lowers_nll_on_overconfident_logits():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    logits = rng.normal(0, 1, (400, 3))
+    logits[np.arange(400), labels] += 1.0
+    logits *= 5  # overconfident
+    fitted = fit_temperature(logits, labels, "single")
+    assert fitted.temperature > 1.5
+    assert fitted.nll_after < fitted.nll_before
+    assert nll(logits, labels, "single", fitted.temperature) == pytest.approx(fitted.nll_after)
+    before = expected_calibration_error(*confidence_and_correct(softmax(logits), labels, "single"))
+    after = expected_calibration_error(*confidence_and_correct(softmax(logits, fitted.temperature), labels, "single"))
+    assert after < before
+
+    y = (rng.random((300, 4)) < 0.3).astype(float)
+    multi_logits = (2 * y - 1) * 0.4 + rng.normal(0, 0.3, y.shape)  # underconfident
+    multi = fit_temperature(multi_logits, y, "multi")
+    assert multi.temperature < 1 and multi.nll_after < multi.nll_before
+    assert sigmoid(multi_logits, multi.temperature).shape == y.shape
+
+
+def test_no_validation_labels_leaves_temperature_at_one():
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0), "single").temperature == 1.0
+
+
+def test_ece_of_perfectly_calibrated_bins_is_zero():
+    conf = np.array([0.8] * 10)
+    correct = np.array([1] * 8 + [0] * 2)
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([0, 0])) == pytest.approx(1.0)
+
+
+def test_metrics_per_kind_with_stance_f_avg_and_missing_labels():
+    dims = [
+        {"name": "stance_x", "kind": "single", "labels": ["favor", "against", "none"], "target": {"id": "x"}},
+        {"name": "frames", "kind": "multi", "labels": ["A", "B"]},
+        {"name": "evidence", "kind": "spans", "labels": ["actor"]},
+    ]
+    rows = [
+        {"stance_x": "favor", "frames": ["A"], "evidence": [{"start": 0, "end": 6, "label": "actor"}]},
+        {"stance_x": "against", "frames": [], "evidence": None},
+        {"stance_x": None, "frames": ["A", "B"], "evidence": [{"start": 3, "end": 8, "label": "actor"}]},
+    ]
+    probs = {
+        "stance_x": np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]),
+        "frames": np.array([[0.9, 0.2], [0.1, 0.1], [0.7, 0.4]]),
+    }
+    spans = {"evidence": [[{"start": 0, "end": 6, "label": "actor"}], [], [{"start": 4, "end": 10, "label": "actor"}]]}
+    report = evaluate_outputs(dims, rows, probs, spans)
+    stance = report["dimensions"]["stance_x"]
+    assert stance["n"] == 2  # the unlabeled row is skipped
+    assert stance["per_label"]["favor"]["f1"] == pytest.approx(2 / 3)
+    assert stance["per_label"]["against"]["f1"] == 0.0
+    assert stance["f_avg"] == pytest.approx(1 / 3) and report["stance_f_avg"] == pytest.approx(1 / 3)
+    assert stance["confusion"]["matrix"] == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
+    frames = report["dimensions"]["frames"]
+    assert frames["micro_f1"] == pytest.approx(0.8)  # tp 2, predicted 2, gold 3
+    assert frames["macro_f1"] == pytest.approx((1.0 + 0.0) / 2)
+    evidence = report["dimensions"]["evidence"]
+    assert evidence["n"] == 2
+    assert evidence["exact"]["f1"] == pytest.approx(0.5) and evidence["partial"]["f1"] == pytest.approx(1.0)
+    assert report["primary"] == pytest.approx(np.mean([stance["macro_f1"], 0.5, 1.0]))
+
+
+def test_span_metrics_need_the_same_label_to_match():
+    dim = {"labels": ["actor", "framing_cue"]}
+    gold = [[{"start": 0, "end": 5, "label": "actor"}]]
+    pred = [[{"start": 0, "end": 5, "label": "framing_cue"}]]
+    scores = span_metrics(dim, gold, pred)
+    assert scores["exact"]["f1"] == 0.0 and scores["partial"]["f1"] == 0.0

@@ -1,0 +1,364 @@
+"""`workbench train`, `workbench evaluate` and `workbench models list|promote|rollback` (typer; heavy imports inside).
+
+Wire into the main app with `register(app)`; `python -m training` runs these commands on their own.
+The plain functions (`train_command`, `evaluate_command`, ...) do the work and return an exit code, so another
+task source (e.g. a label-studio-sdk export) can call `train_command(tasks=...)` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from annotation_config.errors import WorkbenchError
+
+out = Console(highlight=False, soft_wrap=True)
+DEFAULT_MODELS_DIR = Path("models")
+
+SchemaOption = Annotated[
+    Path | None,
+    typer.Option("--schema", envvar="WORKBENCH_SCHEMA", help="Label schema YAML (default: the sample schema)."),
+]
+ModelsOption = Annotated[
+    Path,
+    typer.Option("--models", envvar="WORKBENCH_MODELS_DIR", help="Model registry folder."),
+]
+
+
+class CommandError(WorkbenchError):
+    """A command-line usage problem with a one-line fix."""
+
+
+# ---- plain functions ----
+
+
+def train_command(
+    tasks: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    from_export: Path | None = None,
+    schema_path: Path | None = None,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    if_new_data: bool = False,
+    promote: bool = True,
+    force: bool = False,
+    args: Any = None,
+    source: str = "",
+) -> int:
+    """Train on `tasks` (or an export file), register the version, try to promote it; print a summary."""
+    from annotation_config.schema import load_schema
+    from training.data import load_export
+    from training.pipeline import run_training
+    from training.training_args import TrainingArguments
+
+    if tasks is None:
+        if from_export is None:
+            raise CommandError(
+                "no training data: pass --from-export FILE (a Label Studio JSON export) or --ls-url URL --project ID"
+            )
+        tasks = load_export(from_export)
+        source = source or str(from_export)
+    schema = load_schema(schema_path)
+    args = args or TrainingArguments()
+    outcome = run_training(
+        tasks, schema, models_dir, args, if_new_data=if_new_data, promote=promote, force=force, source=source
+    )
+    accepted = outcome.accepted
+    if outcome.status == "skipped":
+        out.print(outcome.message)
+        return 0
+    out.print(accepted.summary())
+    for held in accepted.held_out[:20]:
+        where = held.dimension or "whole task"
+        out.print(f"  held out: task {held.task_id} ({held.key}) {where}: {held.reason}")
+    if len(accepted.held_out) > 20:
+        out.print(f"  ... and {len(accepted.held_out) - 20} more (see held_out.json in the model folder)")
+    _print_report(outcome.metrics.get("test") or {}, "test")
+    out.print(outcome.message)
+    out.print(f"model folder: {outcome.model_dir}")
+    return 0
+
+
+def evaluate_command(
+    model: str,
+    data: Path,
+    *,
+    schema_path: Path | None = None,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    out_dir: Path | None = None,
+    as_json: bool = False,
+) -> int:
+    """Evaluate a model (version, "current" or a folder) on a Label Studio export or a JSON-lines file of rows."""
+    from annotation_config.schema import load_schema
+    from training.data import accept, load_export
+    from training.evaluation import evaluate_model, jsonable, save_report
+
+    folder = resolve_model(model, models_dir)
+    items = load_export(data) if _looks_like_export(data) else _read_rows(data)
+    if items and all("data" in item for item in items):
+        accepted = accept(items, load_schema(schema_path))
+        examples: list[Any] = accepted.examples
+        if not examples:
+            raise CommandError(f"{data}: no accepted annotations to evaluate on ({accepted.summary()})")
+    else:
+        examples = items
+    report = evaluate_model(folder, examples)
+    if out_dir is not None:
+        path = save_report(report, out_dir)
+        if not as_json:
+            out.print(f"wrote {path} and plots to {out_dir / 'plots'}")
+    if as_json:
+        typer.echo(json.dumps(jsonable(report), indent=2, ensure_ascii=False))
+    else:
+        _print_report(report, str(data))
+    return 0
+
+
+def models_list_command(models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = False) -> int:
+    """Print every version with its status, data hash and test score."""
+    from training.registry import Registry
+
+    entries = Registry(models_dir).list()
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        out.print(f"no models in {models_dir} yet; train one with `workbench train`")
+        return 0
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("version", no_wrap=True)
+    for name in ("status", "examples", "test score", "data hash"):
+        table.add_column(name, no_wrap=True)
+    for e in entries:
+        score = "n/a" if e["primary"] is None else f"{e['primary']:.3f}"
+        status = f"[bold green]{e['status']}[/]" if e["status"] == "current" else e["status"]
+        table.add_row(e["version"], status, str(e["examples"]), score, str(e["data_hash"])[:8])
+    out.print(table)
+    return 0
+
+
+def models_promote_command(version: str, models_dir: Path = DEFAULT_MODELS_DIR, force: bool = False) -> int:
+    """Promote a version through the gate; a refusal is an error with its reason."""
+    from training.registry import PromotionRefused, Registry
+
+    result = Registry(models_dir).promote(version, force=force)
+    if not result.promoted and result.previous != version:
+        raise PromotionRefused(f"{version} not promoted: {result.reason}")
+    out.print(f"{'promoted' if result.promoted else 'unchanged'}: {result.reason}")
+    return 0
+
+
+def models_rollback_command(models_dir: Path = DEFAULT_MODELS_DIR) -> int:
+    """Switch back to the previously promoted version."""
+    from training.registry import Registry
+
+    registry = Registry(models_dir)
+    before = registry.current()
+    after = registry.rollback()
+    out.print(f"rolled back from {before} to {after}")
+    return 0
+
+
+def resolve_model(model: str, models_dir: Path) -> Path:
+    """A model folder from a version, "current", or a path."""
+    from training.registry import Registry
+
+    registry = Registry(models_dir)
+    if model == "current":
+        folder = registry.current_dir()
+        if folder is None:
+            raise CommandError(f"no promoted model in {models_dir}; pass --model VERSION (see `workbench models list`)")
+        return folder
+    candidate = Path(model)
+    if (candidate / "config.json").exists():
+        return candidate
+    return registry.path(model)
+
+
+def _looks_like_export(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(1).strip() or handle.read(64).lstrip()[:1]
+    except FileNotFoundError:
+        raise CommandError(f"{path}: no such data file") from None
+    return head == "["
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    from training.data import load_export
+
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise CommandError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    if rows and all("data" in row for row in rows):
+        return load_export(path)
+    return rows
+
+
+def _print_report(report: Mapping[str, Any], name: str) -> None:
+    from rich.table import Table
+
+    dims = report.get("dimensions") or {}
+    if not report.get("n"):
+        out.print(f"{name}: no examples to evaluate on")
+        return
+    table = Table("dimension", "n", "metric", "value", "ECE", title=f"evaluation on {name} (n={report['n']})")
+    from training.model_card import metric_rows
+
+    for row in metric_rows({"dimensions": dims}):
+        table.add_row(row["name"], row["n"], row["metric"], row["value"], row["ece"])
+    out.print(table)
+    primary = report.get("primary")
+    extra = f", stance F_avg {report['stance_f_avg']:.3f}" if report.get("stance_f_avg") is not None else ""
+    out.print(f"primary: {'n/a' if primary is None else f'{primary:.3f}'} ({report.get('primary_metric', '')}){extra}")
+
+
+# ---- typer commands ----
+
+
+def train(
+    from_export: Annotated[
+        Path | None, typer.Option("--from-export", help="Label Studio JSON export with annotations.")
+    ] = None,
+    ls_url: Annotated[
+        str | None, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Read annotations from this Label Studio.")
+    ] = None,
+    project: Annotated[int | None, typer.Option("--project", help="Label Studio project id (with --ls-url).")] = None,
+    api_key: Annotated[str, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False)] = "",
+    schema: SchemaOption = None,
+    models: ModelsOption = DEFAULT_MODELS_DIR,
+    if_new_data: Annotated[
+        bool, typer.Option("--if-new-data", help="Exit 0 at once when no accepted label changed since the model.")
+    ] = False,
+    promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Try to promote the new version.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if worse than the current model.")] = False,
+    encoder: Annotated[str | None, typer.Option(help="Encoder folder or Hub name (default: all-MiniLM-L6-v2).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Most training epochs (early stopping may end sooner).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per encoder pass.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (splits, initialisation, order).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune on accepted annotations, register a new version and promote it if it is not worse."""
+    from training.training_args import TrainingArguments
+
+    overrides = {
+        "encoder": encoder,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+        "seed": seed,
+        "device": device,
+        "threads": threads,
+    }
+    args = TrainingArguments(**{k: v for k, v in overrides.items() if v is not None}, progress=not quiet)
+    tasks, source = None, ""
+    if ls_url or project is not None:
+        if from_export is not None:
+            raise CommandError("pass either --from-export FILE or --ls-url URL --project ID, not both")
+        if not (ls_url and project is not None):
+            raise CommandError("reading from Label Studio needs both --ls-url URL and --project ID")
+        from annotation_config.provision import connect, export_tasks
+
+        tasks = export_tasks(connect(ls_url, api_key), project)
+        source = f"{ls_url.rstrip('/')}/projects/{project}"
+    code = train_command(
+        tasks,
+        source=source,
+        from_export=from_export,
+        schema_path=schema,
+        models_dir=models,
+        if_new_data=if_new_data,
+        promote=promote,
+        force=force,
+        args=args,
+    )
+    raise typer.Exit(code)
+
+
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="A version, 'current', or a model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Label Studio JSON export, or JSON lines of dataset rows.")],
+    schema: SchemaOption = None,
+    models: ModelsOption = DEFAULT_MODELS_DIR,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and PNG plots here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Evaluate a model on labelled data: macro-F1, stance F_avg, multi-label and span F1, calibration error."""
+    raise typer.Exit(
+        evaluate_command(model, data, schema_path=schema, models_dir=models, out_dir=out_dir, as_json=as_json)
+    )
+
+
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list versions, promote, roll back.")
+
+
+@models_app.command("list")
+def models_list(
+    models: ModelsOption = DEFAULT_MODELS_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List model versions (current, previous, candidates) with their test scores."""
+    raise typer.Exit(models_list_command(models, as_json))
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="The version to serve.")],
+    models: ModelsOption = DEFAULT_MODELS_DIR,
+    force: Annotated[bool, typer.Option("--force", help="Skip the comparison with the current model.")] = False,
+) -> None:
+    """Serve VERSION if it is not worse than the current model on the same held-out examples."""
+    raise typer.Exit(models_promote_command(version, models, force))
+
+
+@models_app.command("rollback")
+def models_rollback(models: ModelsOption = DEFAULT_MODELS_DIR) -> None:
+    """Serve the previously promoted version again."""
+    raise typer.Exit(models_rollback_command(models))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train`, `evaluate` and `models` to a typer app (the `workbench` command)."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.add_typer(models_app, name="models")
+
+
+def build_app() -> typer.Typer:
+    """A stand-alone app with the training commands (`python -m training`)."""
+    app = typer.Typer(no_args_is_help=True, help="Train, evaluate and manage models.", pretty_exceptions_enable=False)
+    register(app)
+    return app
+
+
+def main() -> None:
+    """Run the stand-alone app; user-fixable errors become one line on stderr and exit code 1."""
+    import sys
+
+    try:
+        build_app()()
+    except WorkbenchError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

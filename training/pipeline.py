@@ -1,0 +1,245 @@
+"""One training run end to end: accept -> dataset -> train -> calibrate -> evaluate -> save a version -> promote."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annotation_config.errors import WorkbenchError
+from annotation_config.schema import Schema, load_schema
+from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column, load_export
+from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
+from training.training_args import TrainingArguments
+
+log = logging.getLogger(__name__)
+
+
+class NoAcceptedData(WorkbenchError, ValueError):
+    """Nothing to train on yet."""
+
+
+@dataclass
+class TrainingOutcome:
+    """What a run did: skipped (no new data) or trained a version, and whether it was promoted and why."""
+
+    status: str  # "trained" or "skipped"
+    message: str
+    data_hash: str
+    accepted: AcceptedData
+    version: str | None = None
+    model_dir: Path | None = None
+    promotion: PromotionResult | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"test": report, "validation": report}
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        """Whether this run's version became current."""
+        return bool(self.promotion and self.promotion.promoted)
+
+
+def code_revision() -> str | None:
+    """`git rev-parse HEAD` of this code, when it lives in a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def unchanged_since(registry: Registry, digest: str, schema: Schema) -> str | None:
+    """The version already trained on exactly this data and schema (the current one, else the newest), if any."""
+    candidates = [registry.current()] + list(reversed(registry.versions()[-1:]))
+    for version in filter(None, candidates):
+        try:
+            manifest = registry.manifest(version)
+        except (WorkbenchError, OSError, ValueError):
+            continue
+        if manifest.get("data_hash") == digest and manifest.get("schema_hash") == schema.hash:
+            return version
+    return None
+
+
+def run_training(
+    tasks: Iterable[Mapping[str, Any]],
+    schema: Schema,
+    models_dir: str | os.PathLike,
+    args: TrainingArguments | None = None,
+    *,
+    policy: AcceptancePolicy | None = None,
+    if_new_data: bool = False,
+    promote: bool = True,
+    force: bool = False,
+    source: str = "",
+) -> TrainingOutcome:
+    """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`."""
+    args = args or TrainingArguments()
+    registry = Registry(models_dir)
+    started = time.perf_counter()
+    timings: dict[str, Any] = {}
+
+    accepted = accept(tasks, schema, policy)
+    digest = data_hash(accepted.examples)
+    timings["accept_seconds"] = time.perf_counter() - started
+    if if_new_data:
+        same = unchanged_since(registry, digest, schema)
+        if same:
+            message = f"no new accepted labels since model {same} (data hash {digest}); nothing to do"
+            return TrainingOutcome("skipped", message, digest, accepted, version=same, timings=timings)
+    if not accepted.examples:
+        raise NoAcceptedData(
+            f"no accepted annotations to train on ({accepted.summary()}); submit annotations in Label Studio first"
+        )
+
+    mark = time.perf_counter()
+    from training.calibration import fit_temperature, save_calibration
+    from training.evaluation import evaluate_outputs, save_report
+    from training.predict import run_model
+    from training.trainer import train_model
+
+    timings["import_seconds"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    dataset = build_dataset(accepted.examples, schema, seed=args.seed, ratios=args.split_ratios)
+    splits = {name: len(part) for name, part in dataset.items()}
+    timings["dataset_seconds"] = time.perf_counter() - mark
+    log.info("splits: %s", splits)
+
+    mark = time.perf_counter()
+    trained = train_model(dataset, schema, args)
+    timings["train_seconds"] = time.perf_counter() - mark
+    timings["train_phases"] = trained.phases
+    timings["device"] = trained.device
+    timings["steps"] = trained.steps
+
+    model, tokenizer, config = trained.model, trained.tokenizer, trained.model.config
+    mark = time.perf_counter()
+    outputs = {}
+    for name in ("validation", "test"):
+        rows = list(dataset[name])
+        outputs[name] = (rows, run_model(model, tokenizer, rows, args.eval_batch_size) if rows else None)
+    temperatures = {}
+    val_rows, val_out = outputs["validation"]
+    for dim in config.dimensions:
+        if dim["kind"] == "spans" or not args.calibrate or val_out is None:
+            continue
+        have = [i for i, row in enumerate(val_rows) if row.get(dim["name"]) is not None]
+        if len(have) < max(1, args.calibration_min_examples):
+            continue
+        if dim["kind"] == "single":
+            labels = [dim["labels"].index(val_rows[i][dim["name"]]) for i in have]
+        else:
+            labels = [[float(v in val_rows[i][dim["name"]]) for v in dim["labels"]] for i in have]
+        temperatures[dim["name"]] = fit_temperature(val_out.logits[dim["name"]][have], labels, dim["kind"])
+    timings["calibrate_seconds"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    for name, (rows, out) in outputs.items():
+        if out is None:
+            metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
+            continue
+        probs = out.probabilities(config.dimensions, temperatures)
+        raw = out.probabilities(config.dimensions)
+        metrics[name] = evaluate_outputs(config.dimensions, rows, probs, out.spans, raw)
+    timings["evaluate_seconds"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    version = registry.new_version(digest)
+    with registry.staging(version) as folder:
+        from training.modeling import quiet_transformers
+
+        with quiet_transformers():
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        (folder / "label_maps.json").write_text(json.dumps(config.label_maps(), indent=2) + "\n")
+        save_calibration(temperatures, folder / "calibration.json")
+        save_report(metrics["test"], folder, name="report.json", plots=True)
+        (folder / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+        for name in ("validation", "test"):
+            with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                for row in outputs[name][0]:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (folder / "held_out.json").write_text(json.dumps([h.to_dict() for h in accepted.held_out], indent=2) + "\n")
+        (folder / "training_log.json").write_text(json.dumps(_jsonable(trained.history), indent=2) + "\n")
+        timings["save_seconds"] = time.perf_counter() - mark
+        timings["total_seconds"] = time.perf_counter() - started
+        manifest = {
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "data_hash": digest,
+            "schema_hash": schema.hash,
+            "schema_name": schema.name,
+            "group_field": group_column(schema) if schema.data.group else None,
+            "seed": args.seed,
+            "encoder": args.encoder,
+            "hyperparameters": args.to_dict(),
+            "code_revision": code_revision(),
+            "source": source,
+            "examples": len(accepted.examples),
+            "held_out": len(accepted.held_out),
+            "splits": splits,
+            "dimensions": config.dimensions,
+            "scores": {name: metrics[name].get("primary") for name in ("validation", "test")},
+            "best_epoch": trained.best_epoch,
+            "stopped_early": trained.stopped_early,
+            "timings": timings,
+            "versions": _library_versions(),
+        }
+        from training.model_card import write_card
+
+        write_card(folder, manifest, metrics["test"], language=schema.language, license=schema.license)
+        write_json_atomic(folder / MANIFEST_FILE, _jsonable(manifest))  # last: marks the folder complete
+    model_dir = registry.root / version
+
+    promotion = None
+    if promote:
+        mark = time.perf_counter()
+        promotion = registry.promote(version, force=force)
+        timings["promote_seconds"] = time.perf_counter() - mark
+    timings["total_seconds"] = time.perf_counter() - started
+    message = f"trained {version} on {len(accepted.examples)} tasks (splits {splits})"
+    if promotion is not None:
+        message += f"; {'promoted' if promotion.promoted else 'not promoted'}: {promotion.reason}"
+    return TrainingOutcome(
+        "trained", message, digest, accepted, version, model_dir, promotion, metrics, timings=timings
+    )
+
+
+def train_from_export(
+    path: str | os.PathLike,
+    schema: Schema | str | os.PathLike | None = None,
+    models_dir: str | os.PathLike = "models",
+    args: TrainingArguments | None = None,
+    **kwargs: Any,
+) -> TrainingOutcome:
+    """`run_training` on a Label Studio JSON export file."""
+    loaded = schema if isinstance(schema, Schema) else load_schema(schema)
+    return run_training(load_export(path), loaded, models_dir, args, source=str(path), **kwargs)
+
+
+def _library_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _jsonable(value: Any) -> Any:
+    from training.evaluation import jsonable
+
+    return jsonable(value)

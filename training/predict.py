@@ -1,0 +1,202 @@
+"""Serving a trained model: batched inference, calibrated probabilities, span decoding, and `TrainedPredictor`."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from annotation_config.regions import Prediction
+from training.calibration import Temperature, load_calibration, sigmoid, softmax
+from training.encoder import configure_threads, length_buckets
+from training.modeling import BIO, MultiHeadModel, encode_views, pad_views, quiet_transformers, view_of
+
+MULTI_THRESHOLD = 0.5
+
+
+@dataclass
+class ModelOutputs:
+    """Raw outputs for N records: logits of single/multi heads ([N, labels]) and decoded spans per record."""
+
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    spans: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+
+    def probabilities(
+        self, dimensions: Sequence[Mapping[str, Any]], temperatures: Mapping[str, Temperature] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Softmax (single) or sigmoid (multi) probabilities, each head scaled by its temperature."""
+        temperatures = temperatures or {}
+        probs = {}
+        for dim in dimensions:
+            if dim["kind"] == "spans":
+                continue
+            t = temperatures.get(dim["name"], Temperature()).temperature
+            logits = self.logits[dim["name"]]
+            probs[dim["name"]] = softmax(logits, t) if dim["kind"] == "single" else sigmoid(logits, t)
+        return probs
+
+
+def decode_spans(
+    tag_probs: np.ndarray, offsets: Sequence[Sequence[int]], labels: Sequence[str], text: str
+) -> list[dict[str, Any]]:
+    """Character spans from per-label BIO probabilities ([T, labels, 3]); score = mean P(inside) of its tokens.
+
+    A span starts at B (or at an I after O) and runs through the following I tokens; its ends are widened to whole
+    words, so a span never starts or stops inside a word.
+    """
+    tags = tag_probs.argmax(-1)
+    found: dict[tuple[int, int, str], float] = {}
+    for j, label in enumerate(labels):
+        current: list[int] = []
+
+        def close(tokens: list[int], label: str = label, j: int = j) -> None:
+            if not tokens:
+                return
+            start, end = int(offsets[tokens[0]][0]), int(offsets[tokens[-1]][1])
+            while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+                start -= 1
+            while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+                end += 1
+            score = float(np.mean([1.0 - tag_probs[t, j, 0] for t in tokens]))
+            key = (start, end, label)
+            found[key] = max(score, found.get(key, 0.0))
+
+        for t, (start, end) in enumerate(offsets):
+            if start < 0 or end <= start:
+                close(current)
+                current = []
+                continue
+            tag = BIO[tags[t, j]]
+            if tag == "B" or (tag == "I" and not current):
+                close(current)
+                current = [t]
+            elif tag == "I":
+                current.append(t)
+            else:
+                close(current)
+                current = []
+        close(current)
+    return [
+        {"start": s, "end": e, "text": text[s:e], "label": label, "score": score}
+        for (s, e, label), score in sorted(found.items())
+    ]
+
+
+@torch.inference_mode()
+def run_model(
+    model: MultiHeadModel,
+    tokenizer: Any,
+    records: Sequence[Mapping[str, Any]],
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> ModelOutputs:
+    """Run the model over task `data` dicts in length-bucketed batches; outputs are in input order."""
+    config = model.config
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    heads = [d for d in config.dimensions if d["kind"] != "spans"]
+    span_dims = [d for d in config.dimensions if d["kind"] == "spans"]
+    out = ModelOutputs(
+        logits={d["name"]: np.zeros((len(records), len(d["labels"])), dtype=np.float32) for d in heads},
+        spans={d["name"]: [[] for _ in records] for d in span_dims},
+    )
+    fields = {view.field for view in config.views}
+    lengths = [max((len(str(r.get(f) or "")) for f in fields), default=0) for r in records]
+    for batch in length_buckets(lengths, batch_size):
+        chunk = [records[i] for i in batch]
+        items = encode_views(tokenizer, config, chunk, max_length)
+        padded = pad_views(items, tokenizer.pad_token_id or 0)
+        offsets = {view_id: tensors.pop("offset_mapping") for view_id, tensors in padded.items()}
+        views = {v: {k: t.to(device) for k, t in tensors.items()} for v, tensors in padded.items()}
+        logits = model(views=views).logits
+        for dim in heads:
+            out.logits[dim["name"]][batch] = logits[dim["name"]].float().cpu().numpy()
+        for dim in span_dims:
+            view_id = view_of(dim).id
+            probs = torch.softmax(logits[dim["name"]].float(), dim=-1).cpu().numpy()
+            for row, index in enumerate(batch):
+                length = probs.shape[1]
+                text = str(records[index].get(dim["field"]) or "")
+                out.spans[dim["name"]][index] = decode_spans(
+                    probs[row], offsets[view_id][row, :length].tolist(), dim["labels"], text
+                )
+    if was_training:
+        model.train()
+    return out
+
+
+class TrainedPredictor:
+    """A fine-tuned model folder served through the backend's Predictor protocol (calibrated scores)."""
+
+    kind = "trained"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        device: str | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        if threads is not None:
+            configure_threads(threads)
+        manifest_path = self.model_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        self.model_version = model_version or manifest.get("version") or self.model_dir.name
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            self.model = MultiHeadModel.from_pretrained(self.model_dir).to(device)
+        self.model.eval()
+        self.config = self.model.config
+        self.temperatures = load_calibration(self.model_dir / "calibration.json")
+        self.batch_size = batch_size
+        self._lock = threading.Lock()  # one inference at a time: fast tokenizers are not safe across threads
+
+    @property
+    def dimensions(self) -> list[dict[str, Any]]:
+        """The dimensions this model answers (name, kind, labels, field, target)."""
+        return self.config.dimensions
+
+    def outputs(self, tasks: Sequence[Mapping[str, Any]]) -> ModelOutputs:
+        """Raw outputs (logits and decoded spans) for task `data` dicts."""
+        with self._lock:
+            return run_model(self.model, self.tokenizer, tasks, self.batch_size)
+
+    def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """One Prediction per task `data` dict, in order: calibrated labels and scores for every dimension."""
+        if not tasks:
+            return []
+        raw = self.outputs(tasks)
+        probs = raw.probabilities(self.dimensions, self.temperatures)
+        return [self._prediction(i, probs, raw) for i in range(len(tasks))]
+
+    def _prediction(self, i: int, probs: Mapping[str, np.ndarray], raw: ModelOutputs) -> Prediction:
+        labels: dict[str, Any] = {}
+        scores: dict[str, float] = {}
+        for dim in self.dimensions:
+            name, values = dim["name"], dim["labels"]
+            if dim["kind"] == "single":
+                p = probs[name][i]
+                best = int(p.argmax())
+                labels[name], scores[name] = values[best], float(p[best])
+            elif dim["kind"] == "multi":
+                p = probs[name][i]
+                labels[name] = [v for v, q in zip(values, p, strict=True) if q >= MULTI_THRESHOLD]
+                scores[name] = float(np.maximum(p, 1.0 - p).min())
+            else:
+                labels[name] = [dict(span) for span in raw.spans[name][i]]
+        score = float(np.mean(list(scores.values()))) if scores else 0.0
+        return Prediction(labels=labels, scores=scores, score=score)

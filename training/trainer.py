@@ -1,0 +1,349 @@
+"""Fine-tuning: dataset rows -> token features with masked labels -> transformers Trainer with early stopping."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from annotation_config.errors import WorkbenchError
+from annotation_config.schema import Schema
+from training.encoder import configure_threads, resolve_encoder_path
+from training.modeling import (
+    BIO,
+    IGNORE,
+    MultiHeadConfig,
+    MultiHeadModel,
+    encode_views,
+    pad_views,
+    quiet_transformers,
+    view_of,
+)
+from training.training_args import TrainingArguments
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(WorkbenchError, RuntimeError):
+    """Training cannot start or run (no training data, an encoder without a fast tokenizer, ...)."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best validation epoch restored, in eval mode) and how training went."""
+
+    model: MultiHeadModel
+    tokenizer: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: float | None = None
+    best_eval_loss: float | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: tokenize, load, fit
+    device: str = "cpu"
+    steps: int = 0
+
+
+def load_tokenizer(encoder: str | None):
+    """The encoder's fast tokenizer (offsets are needed for span labels)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_encoder_path(encoder)
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        raise TrainingError(f"cannot load the tokenizer of encoder {encoder!r}: {str(error).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise TrainingError(f"encoder {encoder!r} has no fast tokenizer; span labels need offset mappings")
+    return tokenizer
+
+
+def token_tags(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[Mapping[str, Any]], labels: Sequence[str]
+) -> list[list[int]]:
+    """Per token, per span label: 0 (O), 1 (B) or 2 (I) from character spans; IGNORE on non-text tokens.
+
+    A token belongs to a span when their character ranges overlap; the first such token is B.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    tags = [[IGNORE] * len(labels) if start < 0 or end <= start else [0] * len(labels) for start, end in offsets]
+    for span in sorted(spans, key=lambda s: (s["start"], s["end"])):
+        j = index.get(span["label"])
+        if j is None:
+            continue
+        first = True
+        for t, (start, end) in enumerate(offsets):
+            if start < 0 or end <= start or end <= span["start"] or start >= span["end"]:
+                continue
+            if first:
+                tags[t][j] = 1
+                first = False
+            elif tags[t][j] == 0:
+                tags[t][j] = 2
+    return tags
+
+
+def featurize(
+    rows: Sequence[Mapping[str, Any]], config: MultiHeadConfig, tokenizer: Any, max_length: int | None = None
+) -> list[dict[str, Any]]:
+    """Dataset rows -> items with per-view token ids and per-dimension label values (masked when missing)."""
+    encoded = encode_views(tokenizer, config, rows, max_length)
+    items = []
+    for row, views in zip(rows, encoded, strict=True):
+        labels: dict[str, Any] = {}
+        for dim in config.dimensions:
+            value = row.get(dim["name"])
+            names = dim["labels"]
+            if dim["kind"] == "single":
+                labels[dim["name"]] = names.index(value) if value is not None else IGNORE
+            elif dim["kind"] == "multi":
+                labels[dim["name"]] = [float(n in value) for n in names] if value is not None else [-1.0] * len(names)
+            else:
+                offsets = views[_view_id(dim)]["offset_mapping"]
+                if value is None:
+                    labels[dim["name"]] = [[IGNORE] * len(names) for _ in offsets]
+                else:
+                    labels[dim["name"]] = token_tags(offsets, value, names)
+        items.append({"views": views, "labels": labels})
+    return items
+
+
+def _view_id(dim: Mapping[str, Any]) -> str:
+    return view_of(dim).id
+
+
+class Collator:
+    """Pads a list of featurized items into {"views": {view: tensors}, "labels": {dimension: tensor}}."""
+
+    def __init__(self, config: MultiHeadConfig, pad_token_id: int = 0) -> None:
+        self.config = config
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        views = pad_views([item["views"] for item in items], self.pad_token_id)
+        for tensors in views.values():
+            tensors.pop("offset_mapping", None)
+        labels: dict[str, torch.Tensor] = {}
+        for dim in self.config.dimensions:
+            name = dim["name"]
+            values = [item["labels"][name] for item in items]
+            if dim["kind"] == "single":
+                labels[name] = torch.tensor(values, dtype=torch.long)
+            elif dim["kind"] == "multi":
+                labels[name] = torch.tensor(values, dtype=torch.float)
+            else:
+                length = views[_view_id(dim)]["input_ids"].shape[1]
+                width = len(dim["labels"])
+                labels[name] = torch.tensor(
+                    [v + [[IGNORE] * width] * (length - len(v)) for v in values], dtype=torch.long
+                )
+        return {"views": views, "labels": labels}
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
+def class_weights(
+    rows: Sequence[Mapping[str, Any]], config: MultiHeadConfig, items: Sequence[Mapping[str, Any]], limit: float
+) -> dict[str, list[float]]:
+    """Inverse-frequency weights per head from the training split, clipped to [1/limit, limit].
+
+    single: one weight per class; multi: a positive weight per label (negatives / positives); spans: O/B/I.
+    Classes absent from the training data get weight 1.
+    """
+
+    def clip(value: float) -> float:
+        return float(min(limit, max(1.0 / limit, value)))
+
+    weights: dict[str, list[float]] = {}
+    for dim in config.dimensions:
+        name, names = dim["name"], dim["labels"]
+        if dim["kind"] == "single":
+            counts = Counter(r[name] for r in rows if r.get(name) is not None)
+            total = sum(counts.values())
+            weights[name] = [clip(total / (len(names) * counts[n])) if counts[n] else 1.0 for n in names]
+        elif dim["kind"] == "multi":
+            answered = [r[name] for r in rows if r.get(name) is not None]
+            positives = Counter(label for value in answered for label in value)
+            weights[name] = [
+                clip((len(answered) - positives[n]) / positives[n]) if positives[n] else 1.0 for n in names
+            ]
+        else:
+            tags = Counter(t for item in items for token in item["labels"][name] for t in token if t != IGNORE)
+            total = sum(tags.values())
+            weights[name] = [clip(total / (len(BIO) * tags[i])) if tags[i] else 1.0 for i in range(len(BIO))]
+    return weights
+
+
+def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArguments | None = None) -> TrainResult:
+    """Fine-tune a multi-head model on `dataset["train"]`, early-stopping on `dataset["validation"]`."""
+    from transformers import ProgressCallback, Trainer, TrainerCallback, set_seed
+    from transformers import TrainingArguments as HFArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    args = args or TrainingArguments()
+    started = time.perf_counter()
+    train_rows = list(dataset["train"])
+    val_rows = list(dataset["validation"]) if "validation" in dataset else []
+    if not train_rows:
+        raise TrainingError("the training split is empty: accept more annotations first")
+    device = args.resolved_device()
+    if device == "cpu":
+        configure_threads(args.threads)
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(args.encoder)
+    config = MultiHeadConfig.from_schema(
+        schema, args.encoder, classifier_dropout=args.classifier_dropout, max_seq_length=args.max_length
+    )
+    train_items = featurize(train_rows, config, tokenizer)
+    val_items = featurize(val_rows, config, tokenizer) if val_rows else []
+    phases = {"tokenize": time.perf_counter() - started}
+    if args.class_weights:
+        config.class_weights = class_weights(train_rows, config, train_items, args.max_class_weight)
+    set_seed(args.seed)
+    model = MultiHeadModel.with_encoder(config, args.encoder)
+    phases["load"] = time.perf_counter() - started - phases["tokenize"]
+
+    precision = args.resolved_precision()
+    has_val = bool(val_items) and args.early_stopping_patience >= 0
+    with tempfile.TemporaryDirectory(prefix="workbench-train-") as scratch:
+        hf_args = HFArguments(
+            output_dir=scratch,
+            num_train_epochs=args.epochs,
+            max_steps=args.max_steps,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.eval_batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_ratio,  # below 1: a ratio of all steps
+            lr_scheduler_type="linear",
+            eval_strategy="epoch" if has_val else "no",
+            save_strategy="no",
+            logging_strategy="epoch",
+            report_to="none",
+            seed=args.seed,
+            data_seed=args.seed,
+            use_cpu=device == "cpu",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            disable_tqdm=not args.progress,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_pin_memory=device.startswith("cuda"),
+            prediction_loss_only=True,
+        )
+        keeper = _KeepBest(args.early_stopping_patience, TrainerCallback)
+        trainer = Trainer(
+            model=model,
+            args=hf_args,
+            train_dataset=_Items(train_items),
+            eval_dataset=_Items(val_items) if has_val else None,
+            data_collator=Collator(config, tokenizer.pad_token_id or 0),
+            callbacks=[keeper.callback],
+            optimizers=(_optimizer(model, args), None),
+        )
+        if not args.progress:
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+        fit_started = time.perf_counter()
+        trainer.train()
+        keeper.restore(model)
+        phases["fit"] = time.perf_counter() - fit_started
+    model.eval()
+    history = [dict(entry) for entry in trainer.state.log_history]
+    return TrainResult(
+        model=model,
+        tokenizer=tokenizer,
+        history=history,
+        best_epoch=keeper.best_epoch,
+        best_eval_loss=keeper.best,
+        stopped_early=keeper.stopped,
+        seconds=time.perf_counter() - started,
+        phases=phases,
+        device=str(trainer.args.device),
+        steps=trainer.state.global_step,
+    )
+
+
+def _optimizer(model: MultiHeadModel, args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW with the encoder at `learning_rate` and the heads at `head_learning_rate`; no decay on norms/biases."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        head = not name.startswith("encoder.")
+        decay = param.ndim >= 2
+        groups.setdefault((head, decay), []).append(param)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": args.head_learning_rate if head else args.learning_rate,
+                "weight_decay": args.weight_decay if decay else 0.0,
+            }
+            for (head, decay), params in sorted(groups.items())
+        ],
+        lr=args.learning_rate,
+    )
+
+
+class _KeepBest:
+    """Early stopping on validation loss, keeping the best weights in memory (no checkpoints on disk)."""
+
+    def __init__(self, patience: int, base: type) -> None:
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+        self.stopped = False
+        keeper = self
+
+        class Callback(base):  # type: ignore[misc, valid-type]
+            def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):  # noqa: ANN001
+                loss = (metrics or {}).get("eval_loss")
+                if loss is None or model is None:
+                    return control
+                if keeper.best is None or loss < keeper.best - 1e-6:
+                    keeper.best, keeper.best_epoch, keeper.bad = float(loss), state.epoch, 0
+                    keeper.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                else:
+                    keeper.bad += 1
+                    if keeper.patience > 0 and keeper.bad >= keeper.patience:
+                        keeper.stopped = True
+                        control.should_training_stop = True
+                return control
+
+        self.callback = Callback()
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best weights seen (no-op without validation)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+__all__ = [
+    "Collator",
+    "TrainResult",
+    "TrainingError",
+    "class_weights",
+    "featurize",
+    "load_tokenizer",
+    "token_tags",
+    "train_model",
+]

@@ -1,0 +1,70 @@
+"""Every knob of a training run, with defaults: one dataclass, stored in each model's manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from training.encoder import DEFAULT_ENCODER
+
+
+@dataclass
+class TrainingArguments:
+    """Hyper-parameters and run settings of `train_model` / `run_training`."""
+
+    encoder: str = DEFAULT_ENCODER  # a local folder or a Hub name found in the local cache
+    epochs: float = 5.0  # upper bound: early stopping usually ends sooner
+    max_steps: int = -1  # > 0 overrides epochs (quick runs, tests)
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5  # the encoder
+    head_learning_rate: float = 1e-3  # the freshly initialised heads learn faster
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 160  # tokens per encoder pass (target + text for stance)
+    classifier_dropout: float = 0.1
+    seed: int = 42
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    early_stopping_patience: int = 2  # epochs without a better validation loss; 0 disables early stopping
+    class_weights: bool = True  # inverse-frequency weights (clipped) in every head's loss
+    max_class_weight: float = 10.0
+    calibrate: bool = True  # temperature scaling per head on the validation split
+    calibration_min_examples: int = 20  # fewer labelled validation rows for a head: keep T = 1 (no overfitting)
+    device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
+    threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
+    progress: bool = True  # a progress bar and per-epoch losses on the console
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready hyper-parameters (for the manifest and the model card)."""
+        out = asdict(self)
+        out["split_ratios"] = list(self.split_ratios)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingArguments:
+        """Arguments from a manifest's dict (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "split_ratios" in kwargs:
+            kwargs["split_ratios"] = tuple(kwargs["split_ratios"])
+        return cls(**kwargs)
+
+    def resolved_device(self) -> str:
+        """The torch device string this run uses."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_precision(self) -> str:
+        """The mixed precision this run uses: "no", "bf16" or "fp16"."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        if not self.resolved_device().startswith("cuda"):
+            return "no"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
