@@ -125,6 +125,84 @@ def test_up_provisions_and_preannotates_everything(up_run, schema, sample_tasks)
         assert all(labels.get(d.name) in d.values for d in schema.of_kind("single"))
 
 
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # this machine has no network: background calls only fail noisily
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = REPO / "docs" / "labeling-view.png"
+
+
+@pytest.mark.browser
+def test_browser_shows_suggestions_and_stores_what_was_clicked(up_run, schema, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    run, url, credentials = up_run
+    base = f"http://127.0.0.1:{run.ls_port}"
+    client = connect(base, credentials["token"])
+    project_id = int(url.rstrip("/").split("/")[-2])
+    task = next(iter(client.tasks.list(project=project_id, fields="all")))
+    predicted = results_to_labels(schema, task.predictions[0].result, task.data)
+    threat = schema.dimension("threat_characterization")
+    clicked = next(value for value in threat.values if value != predicted["threat_characterization"])
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/user/login")
+        page.fill("input[name=email]", credentials["username"])
+        page.fill("input[name=password]", credentials["password"])
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda current: "/login" not in current, timeout=30_000)
+        page.goto(f"{base}/projects/{project_id}/data?task={task.id}")
+        page.wait_for_selector(".wb-question input", timeout=60_000)
+        page.wait_for_selector("span.htx-highlight", timeout=30_000)
+
+        # The suggestion of every single-choice question is shown selected. (Read Label Studio's own state, the
+        # -checked class a person sees: the stance questions share choice names, and browsers group native radio
+        # inputs by name across the page, so `input:checked` holds only the last question's answer.)
+        for dim in schema.of_kind("single"):
+            question = page.locator(".wb-question", has=page.get_by_role("heading", name=dim.title, exact=True))
+            checked = question.locator("label.ant-radio-wrapper-checked")
+            assert checked.count() == 1, dim.name
+            assert checked.inner_text().split("[")[0].strip() == predicted[dim.name], dim.name
+        frames = page.locator(".wb-question", has=page.get_by_role("heading", name="Issue frames", exact=True))
+        ticked = [
+            t.split("[")[0].strip() for t in frames.locator("label.ant-checkbox-wrapper-checked").all_inner_texts()
+        ]
+        assert ticked == predicted["frames"]
+        # Every suggested evidence span is highlighted at the same code-point offsets.
+        highlighted = {
+            (int(s.get_attribute("data-start")), int(s.get_attribute("data-end")))
+            for s in page.locator("span.htx-highlight[data-start]").all()
+        }
+        assert {(s["start"], s["end"]) for s in predicted["evidence"]} == highlighted
+        page.screenshot(path=str(tmp_path / "labeling-view.png"))
+        if os.environ.get("WORKBENCH_UPDATE_SCREENSHOT"):
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+
+        # Change one answer and submit.
+        question = page.locator(".wb-question", has=page.get_by_role("heading", name=threat.title, exact=True))
+        question.locator("label", has_text=clicked).first.click()
+        assert question.locator("label.ant-radio-wrapper-checked").inner_text().split("[")[0].strip() == clicked
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + 30
+        while not client.annotations.list(id=task.id):
+            assert time.monotonic() < deadline, "the submitted annotation never reached Label Studio"
+            time.sleep(0.5)
+        browser.close()
+
+    annotations = client.annotations.list(id=task.id)
+    assert len(annotations) == 1
+    stored = results_to_labels(schema, annotations[0].result, task.data)
+    assert stored == {**predicted, "threat_characterization": clicked}
+
+
 def test_ctrl_c_stops_both_and_a_second_run_reuses_everything(up_run, sample_tasks):
     run, _, credentials = up_run
     assert run.interrupt() == 0
