@@ -222,3 +222,23 @@ def test_data_hash_is_order_independent_and_sees_label_changes(sample_tasks):
     old = examples[3].labels["stance_russia_china"]
     examples[3].labels["stance_russia_china"] = "favor" if old != "favor" else "none"
     assert data_hash(examples) != data_hash(labelled(sample_tasks))
+
+
+def test_one_group_and_train_only_ratios_build_empty_splits(schema):
+    """Regression: an empty split used to crash Dataset.from_list, and (1, 0, 0) crashed the group k-fold."""
+    from training.data import Example, build_dataset
+
+    examples = [
+        Example(
+            key=f"k{i}",
+            task_id=i,
+            data={"key": f"k{i}", "text": f"t {i}", "article_id": "one"},
+            labels={"threat_characterization": "genuine"},
+            annotators=1,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    for ratios in ((0.8, 0.1, 0.1), (1, 0, 0)):
+        dataset = build_dataset(examples, schema, ratios=ratios)
+        assert (len(dataset["train"]), len(dataset["validation"]), len(dataset["test"])) == (4, 0, 0)
+        assert dataset["test"].features == dataset["train"].features

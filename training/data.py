@@ -331,7 +331,7 @@ def split_examples(
     distinct = sorted(set(groups))
     wanted = [i for i in (1, 2) if ratios[i] > 0]
     out: dict[str, list[Example]] = {name: [] for name in SPLITS}
-    if len(distinct) < 1 + len(wanted):
+    if not wanted or len(distinct) < 1 + len(wanted):
         if wanted:
             log.warning(
                 "only %d group(s): everything goes to train; validation and test are empty (no early stopping, "
@@ -397,6 +397,10 @@ def build_dataset(
         raise ValueError("no examples to build a dataset from")
     parts = split_examples(examples, schema, seed=seed, ratios=ratios)
     feats = features(schema)
-    return DatasetDict(
-        {name: Dataset.from_list([example_row(e, schema) for e in parts[name]], features=feats) for name in SPLITS}
-    )
+
+    def to_dataset(rows: list[dict]) -> Dataset:
+        if not rows:  # Dataset.from_list([]) cannot take features ("Keys mismatch"); an empty dict can
+            return Dataset.from_dict({name: [] for name in feats}, features=feats)
+        return Dataset.from_list(rows, features=feats)
+
+    return DatasetDict({name: to_dataset([example_row(e, schema) for e in parts[name]]) for name in SPLITS})

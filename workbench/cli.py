@@ -11,6 +11,7 @@ from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
 from training import cli as training_cli
+from training import exchange_cli
 from workbench.services import ServiceError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ data_app = typer.Typer(no_args_is_help=True, help="The sample corpus of paragrap
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 training_cli.register(app)  # train, evaluate, models list|promote|rollback
+exchange_cli.register(app)  # export, import, agreement
 
 err = Console(stderr=True)
 

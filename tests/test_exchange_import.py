@@ -1,0 +1,137 @@
+"""`annotation_config.importer`: files are read and validated completely before Label Studio is touched; every bad
+row is reported with its line and reason; rows map to tasks and annotations as documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from annotation_config.importer import as_label_studio_tasks, read_file
+from tests.test_exchange_export import three_annotator_tasks
+from training.data import accept
+
+FIXTURES = Path(__file__).parent / "fixtures" / "exchange"
+MALFORMED = FIXTURES / "malformed.csv"
+
+
+def test_malformed_csv_reports_every_bad_row_with_its_line(schema):
+    parsed = read_file(MALFORMED, schema)
+    reasons = {problem.where: problem.reason for problem in parsed.rejected}
+    assert sorted(reasons) == ["line 3", "line 4", "line 5", "line 6", "line 7", "line 8"]
+    assert reasons["line 3"].startswith("column 'text': not valid UTF-8 (byte 0xE9 at character 4)")
+    assert reasons["line 4"] == "no value for the text field 'text'"
+    assert "unknown label 'fabricated'" in reasons["line 5"] and "threat_characterization" in reasons["line 5"]
+    assert reasons["line 6"] == "3 cells, the header has 6"
+    assert "unknown label 'Economics'" in reasons["line 7"] and "frames" in reasons["line 7"]
+    assert "out of range" in reasons["line 8"] and "evidence" in reasons["line 8"]
+    assert [t.key for t in parsed.tasks] == ["ok-1", "ok-2"]
+    ok1, ok2 = parsed.tasks
+    assert ok1.annotations[0].labels == {
+        "threat_characterization": "contested",
+        "frames": ["Security_and_defense", "Political"],
+        "evidence": [{"start": 0, "end": 6, "label": "actor"}],
+    }
+    assert ok2.data["text"] == 'Washington calls the build-up "a serious threat".'
+    assert ok2.annotations[0].labels["frames"] == ["Security_and_defense"]  # a JSON list works as well as a;b
+
+
+def test_import_of_a_malformed_file_exits_non_zero_before_touching_label_studio(tmp_path):
+    # Port 9 (discard) is closed: had the command tried to import, the error would be "could not connect".
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "import",
+            str(MALFORMED),
+            "--ls-url",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    for line in (3, 4, 5, 6, 7, 8):
+        assert f"malformed.csv: line {line}: " in done.stderr
+    assert "6 of 8 rows rejected; nothing imported" in done.stderr
+    assert "could not connect" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_text_column_rejects_every_row(tmp_path, schema):
+    path = tmp_path / "no_text.csv"
+    path.write_text("key,title,threat_characterization\nk1,A,genuine\nk2,B,genuine\n", encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert [str(p) for p in parsed.rejected] == [
+        "line 2: no value for the text field 'text'",
+        "line 3: no value for the text field 'text'",
+    ]
+    assert parsed.tasks == []
+
+
+def test_long_format_gathers_annotations_skips_duplicates_and_rejects_conflicts():
+    from annotation_config.schema import load_schema
+
+    parsed = read_file(FIXTURES / "long_format.jsonl", load_schema())
+    assert [(t.key, [a.annotator for a in t.annotations]) for t in parsed.tasks] == [
+        ("p1", ["alice", "bob"]),
+        ("p2", []),
+        ("p3", ["carol"]),
+    ]
+    assert [str(p) for p in parsed.duplicates] == ["line 3: duplicate of line 1 (key 'p1'): skipped"]
+    assert [str(p) for p in parsed.rejected] == ["line 6: key 'p1' is already used at line 1 with different task data"]
+    alice, bob = parsed.tasks[0].annotations
+    assert (alice.lead_time, alice.labels["frames"]) == (12.5, ["Economic"])
+    assert bob.labels["evidence"] == [{"start": 0, "end": 7, "label": "actor", "text": "Beijing"}]
+    assert parsed.tasks[1].data["paragraph"] == 3 and parsed.tasks[1].data["publication"] == ""
+    assert parsed.tasks[2].annotations[0].was_cancelled and parsed.tasks[2].annotations[0].labels == {}
+
+
+def test_label_studio_export_reads_back_to_the_same_accepted_labels(tmp_path, schema):
+    tasks = three_annotator_tasks(schema)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks), encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert parsed.format == "label-studio" and not parsed.rejected
+    assert parsed.annotations == sum(len(t["annotations"]) for t in tasks)
+    again = as_label_studio_tasks(parsed, schema)
+    original = {e.key: e.labels for e in accept(tasks, schema).examples}
+    assert {e.key: e.labels for e in accept(again, schema).examples} == original
+
+
+def test_keys_are_derived_when_the_file_has_no_key_column(tmp_path, schema):
+    path = tmp_path / "texts.csv"
+    path.write_text("text,frames\nFirst paragraph.,Economic\nSecond paragraph.,\n", encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert parsed.derived_keys and len({t.key for t in parsed.tasks}) == 2
+    assert all(t.key.startswith("sha1:") for t in parsed.tasks)
+    assert [len(t.annotations) for t in parsed.tasks] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"key": "k", "text": "t", "frames": "Economic;Economic"}', "a label is listed twice"),
+        ('{"key": "k", "text": "t", "lead_time": "soon", "stance_us_policy": "none"}', "expected a number"),
+        ('{"key": "k", "text": "t", "was_cancelled": "maybe"}', "expected true or false"),
+        ('{"key": "k", "text": "t", "evidence": "[{\\"start\\": 0"}', "invalid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"key": "k", "text": 5}', "must be a string"),
+        (
+            '{"key": "k", "text": "abc", "evidence": [{"start": 0, "end": 2, "label": "actor", "text": "xy"}]}',
+            "does not match",
+        ),
+    ],
+)
+def test_bad_values_are_rejected_with_a_reason(tmp_path, schema, content, reason):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(content + "\n", encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert len(parsed.rejected) == 1 and parsed.rejected[0].where == "line 1"
+    assert reason in parsed.rejected[0].reason
