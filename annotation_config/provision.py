@@ -14,6 +14,11 @@ from annotation_config.schema import Schema
 
 DEFAULT_TASKS_PATH = Path(__file__).resolve().parents[1] / "data" / "sample_tasks.jsonl"
 IMPORT_BATCH = 500
+# Label Studio down, slow (no answer within LS_TIMEOUT seconds) or answering 5xx: the connection check and the
+# export get LS_ATTEMPTS tries, waiting LS_BACKOFF, 2x, 4x ... seconds in between, then one LabelStudioError.
+LS_TIMEOUT = 60.0
+LS_ATTEMPTS = 4
+LS_BACKOFF = 1.0
 
 T = TypeVar("T")
 
@@ -46,8 +51,9 @@ def connect(ls_url: str, api_key: str) -> Any:
         raise LabelStudioError(f"--ls-url {ls_url!r} must start with http:// or https://")
     if not api_key:
         raise LabelStudioError("no Label Studio API key: pass --api-key or set LABEL_STUDIO_API_KEY")
-    client = LabelStudio(base_url=ls_url.rstrip("/"), api_key=api_key, timeout=60)
-    call(lambda: client.users.whoami(), f"connect to Label Studio at {ls_url}")
+    client = LabelStudio(base_url=ls_url.rstrip("/"), api_key=api_key, timeout=LS_TIMEOUT)
+    no_sdk_retries: Any = {"max_retries": 0}  # `retried` does the retrying, with the same policy as the export
+    retried(lambda: client.users.whoami(request_options=no_sdk_retries), f"connect to Label Studio at {ls_url}")
     return client
 
 
@@ -70,6 +76,23 @@ def call(request: Callable[[], T], doing: str) -> T:
         raise LabelStudioError(
             f"could not {doing}: {type(error).__name__}: {error}; is Label Studio running?"
         ) from None
+
+
+def retried(request: Callable[[], T], doing: str, attempts: int | None = None, backoff: float | None = None) -> T:
+    """`call(request, doing)`, tried again with backoff while Label Studio is down, slow or failing (not on 4xx)."""
+    import time
+
+    attempts = attempts or LS_ATTEMPTS
+    backoff = LS_BACKOFF if backoff is None else backoff
+    for attempt in range(1, attempts + 1):
+        try:
+            return call(request, doing)
+        except LabelStudioError as error:
+            retriable = "HTTP 4" not in str(error) and "rejected the API key" not in str(error)
+            if attempt == attempts or not retriable:
+                raise LabelStudioError(f"{error} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+            time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def read_tasks(path: str | Path, schema: Schema) -> list[dict]:
@@ -215,29 +238,21 @@ def request_predictions(client: Any, project_id: int) -> None:
     )
 
 
-def export_tasks(client: Any, project_id: int, attempts: int = 4, backoff: float = 1.0) -> list[dict]:
+def export_tasks(client: Any, project_id: int, attempts: int | None = None, backoff: float | None = None) -> list[dict]:
     """Every task of a project with its annotations (Label Studio's JSON export), retried with backoff.
 
-    A Label Studio that is down or slow gets `attempts` tries (waits of backoff, 2x, 4x ... seconds), then one
-    clear LabelStudioError; nothing is written before the whole export is in memory.
+    A Label Studio that is down or slow gets `attempts` tries (default LS_ATTEMPTS; waits of backoff, 2x, 4x ...
+    seconds), then one clear LabelStudioError; nothing is written before the whole export is in memory.
     """
-    import time
 
-    for attempt in range(1, attempts + 1):
+    def download() -> list[dict]:
+        body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True))
         try:
-            chunks = call(
-                lambda: b"".join(
-                    client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
-                ),
-                f"export project {project_id}",
-            )
-            tasks = json.loads(chunks)
-            if not isinstance(tasks, list):
-                raise LabelStudioError(f"project {project_id}: the export is not a list of tasks")
-            return tasks
-        except LabelStudioError as error:
-            retriable = "HTTP 4" not in str(error) and "rejected the API key" not in str(error)
-            if attempt == attempts or not retriable:
-                raise LabelStudioError(f"{error} (after {attempt} attempt{'s' if attempt > 1 else ''})") from None
-            time.sleep(backoff * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+            tasks = json.loads(body)
+        except ValueError:
+            raise LabelStudioError(f"project {project_id}: the export is not JSON") from None
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"project {project_id}: the export is not a list of tasks")
+        return tasks
+
+    return retried(download, f"export project {project_id}", attempts, backoff)

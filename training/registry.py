@@ -43,6 +43,10 @@ class PromotionRefused(RegistryError):
     """The promotion gate said no; the message says why."""
 
 
+class RegistryWriteError(RegistryError, OSError):
+    """The models folder could not be written (disk full, not a folder, ...); what was there is unchanged."""
+
+
 @dataclass
 class PromotionResult:
     """What `promote` decided and why."""
@@ -76,12 +80,17 @@ def _fsync_dir(path: Path) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file in the same folder, fsync, then os.replace it over `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -204,21 +213,26 @@ class Registry:
 
     @contextlib.contextmanager
     def staging(self, version: str) -> Iterator[Path]:
-        """A hidden folder to write a version into; renamed to `<root>/<version>` only when the block succeeds."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._clean_stale_staging()
-        target = self.root / version
-        if target.exists():
-            raise RegistryError(f"model version {version!r} already exists in {self.root}")
+        """A hidden folder to write a version into; renamed to `<root>/<version>` only when the block succeeds.
+
+        An OSError (disk full, models folder not writable or not a folder) becomes one RegistryWriteError line.
+        """
         tmp = self.root / f".staging-{version}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clean_stale_staging()
+            target = self.root / version
+            if target.exists():
+                raise RegistryError(f"model version {version!r} already exists in {self.root}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             yield tmp
             if not (tmp / MANIFEST_FILE).exists():
                 raise RegistryError(f"model version {version!r} was not finished (no {MANIFEST_FILE} written)")
             os.rename(tmp, target)
             _fsync_dir(self.root)
+        except OSError as error:
+            raise RegistryWriteError(f"could not save model version {version} in {self.root}: {error}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -227,6 +241,10 @@ class Registry:
             pid = folder.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
+        for leftover in self.root.glob(".*.tmp"):  # pointer writes cut short by a kill: ".registry.json.<pid>.tmp"
+            pid = leftover.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                leftover.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -239,7 +257,10 @@ class Registry:
                 before = json.dumps(data, sort_keys=True)
                 yield data
                 if json.dumps(data, sort_keys=True) != before:
-                    write_json_atomic(self.root / REGISTRY_FILE, data)
+                    try:
+                        write_json_atomic(self.root / REGISTRY_FILE, data)
+                    except OSError as error:  # disk full: the old pointer stays, whole
+                        raise RegistryWriteError(f"could not update {self.root / REGISTRY_FILE}: {error}") from None
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -362,7 +383,8 @@ def current_model(models_dir: str | os.PathLike) -> tuple[str, Path] | None:
     """(version, folder) of the promoted model, or None."""
     registry = Registry(models_dir)
     version = registry.current()
-    return (version, registry.root / version) if version else None
+    # Through path(): a hand-edited pointer ("../elsewhere") can never make the backend load outside the registry.
+    return (version, registry.path(version)) if version else None
 
 
 def list_versions(models_dir: str | os.PathLike) -> list[str]:
