@@ -27,7 +27,6 @@ import random
 import re
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -137,33 +136,6 @@ def relabel(tasks: list[dict], schema, share: float, seed: int) -> int:
     return changed
 
 
-class Server:
-    """The backend app on a real uvicorn port, in a thread of this process."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        from workbench.services import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise SystemExit("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def wait_for_round(client: httpx.Client, url: str, before: str, jobs_before: int, timeout: float) -> dict:
     """Poll /health until a new trained model serves, or the job ended without one (refused or failed)."""
     deadline = time.monotonic() + timeout
@@ -186,6 +158,7 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
     from annotation_config.schema import load_schema
     from backend.app import create_app
     from backend.settings import Settings
+    from workbench.services import ServerThread
 
     schema_path = SEMEVAL_SCHEMA if kind == "semeval" else None
     schema = load_schema(schema_path)
@@ -204,7 +177,7 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
         )
         started = time.perf_counter()
         app = create_app(settings)
-        with Server(app) as server, httpx.Client(timeout=30) as client:
+        with ServerThread(app) as server, httpx.Client(timeout=30) as client:
             setup_seconds = time.perf_counter() - started
             for round_number in range(1, rounds + 1):
                 if round_number > 1:

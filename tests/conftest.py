@@ -45,35 +45,6 @@ def ls_client(label_studio: LabelStudioServer):
     return connect(label_studio.url, label_studio.token)
 
 
-class ServerThread:
-    """A real uvicorn server on a free localhost port, in a thread of the test process."""
-
-    def __init__(self, app) -> None:
-        import threading
-
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        import time
-
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def cold_start_predictor(schema: Schema):
     """The real cold-start predictor on the real all-MiniLM-L6-v2 weights, loaded once per session."""

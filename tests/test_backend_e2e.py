@@ -17,7 +17,7 @@ from annotation_config.provision import connect_backend, provision, request_pred
 from annotation_config.regions import results_to_labels
 from backend.app import create_app
 from backend.settings import Settings
-from tests.conftest import ServerThread
+from workbench.services import ServerThread
 
 pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).parent / "fixtures" / "label_studio_requests"

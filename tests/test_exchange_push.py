@@ -18,8 +18,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.conftest import ServerThread
 from tests.test_exchange_export import three_annotator_tasks
+from workbench.services import ServerThread
 
 
 def hub_stand_in(token: str) -> tuple[FastAPI, dict]:

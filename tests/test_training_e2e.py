@@ -12,8 +12,8 @@ from annotation_config.provision import connect_backend, provision, request_pred
 from annotation_config.regions import labels_to_results, results_to_labels
 from backend.app import create_app
 from backend.settings import Settings
-from tests.conftest import ServerThread
 from training.registry import Registry
+from workbench.services import ServerThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MANUFACTURED_WORDS = ("lies", "propaganda", "fiction", "pretext", "manufactured", "hype", "disinformation")

@@ -156,3 +156,31 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
         if sys.platform != "win32":
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
+
+
+class ServerThread:
+    """An ASGI app on a real uvicorn port of 127.0.0.1, in a thread of this process (tests and benchmarks)."""
+
+    def __init__(self, app: object, timeout: float = 120.0) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.timeout = timeout
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise ServiceError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
