@@ -396,7 +396,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    text = f"{cpu}, {len(os.sched_getaffinity(0))} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    text = f"{cpu}, {len(os.sched_getaffinity(0))} CPUs, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
