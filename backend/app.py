@@ -95,12 +95,16 @@ def default_predictors(settings: Settings, schema: Schema):
         from backend.cold_start import ColdStartPredictor
         from training.embedding import SentenceEmbedder
 
-        return ColdStartPredictor(
-            schema,
-            SentenceEmbedder(
-                settings.encoder, quantize=settings.quantize, threads=settings.threads, cache_size=settings.cache_size
-            ),
+        embedder = SentenceEmbedder(
+            settings.encoder,
+            threads=settings.threads,
+            cache_size=settings.cache_size,
+            runtime=settings.runtime,
+            precision=settings.encoder_precision,
+            onnx_cache_dir=settings.onnx_cache_dir,
         )
+        log.info("cold-start encoder: %s", embedder.describe())
+        return ColdStartPredictor(schema, embedder)
 
     def trained(version: str, folder: Path) -> Predictor:
         from training.predict import TrainedPredictor

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +21,19 @@ class Settings(BaseSettings):
     )
     models_dir: Path = Field(default=Path("models"), description="Model registry folder.")
     encoder: str | None = Field(default=None, description="Encoder for the cold-start predictor (path or Hub name).")
-    quantize: bool = Field(default=False, description="int8 dynamic quantization of the encoder's linear layers.")
+    quantize: bool = Field(default=False, description="int8 on the torch runtime (same as WORKBENCH_PRECISION=int8).")
+    runtime: Literal["torch", "onnx"] = Field(
+        default="onnx",
+        description="Cold-start encoder runtime: onnx (ONNX Runtime; falls back to torch fp32 if unusable) or torch.",
+    )
+    precision: Literal["fp32", "bf16", "int8"] | None = Field(
+        default=None,
+        description="Cold-start encoder precision (bf16: torch only). Unset: int8 on onnx; on torch fp32, or int8 "
+        "with WORKBENCH_QUANTIZE.",
+    )
+    onnx_cache_dir: Path | None = Field(
+        default=None, description="Where exported ONNX graphs are cached (default: ~/.cache/stance-workbench/onnx)."
+    )
     threads: int | None = Field(default=None, description="torch intra-op threads (default: all allowed CPUs).")
     cache_size: int = Field(default=4096, ge=0, description="Paragraph embeddings kept in memory (0: no cache).")
 
@@ -52,3 +65,16 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether basic auth is configured."""
         return bool(self.basic_auth_user and self.basic_auth_password)
+
+    @property
+    def encoder_precision(self) -> str:
+        """The precision the cold-start encoder is asked for (see `precision`)."""
+        if self.precision:
+            return self.precision
+        return "int8" if self.quantize or self.runtime == "onnx" else "fp32"
+
+    @model_validator(mode="after")
+    def _runtime_supports_precision(self) -> Settings:
+        if self.runtime == "onnx" and self.encoder_precision == "bf16":
+            raise ValueError("WORKBENCH_PRECISION=bf16 needs WORKBENCH_RUNTIME=torch (ONNX Runtime: fp32 or int8)")
+        return self

@@ -236,3 +236,56 @@ def test_useful_on_clear_paragraphs(predictor):
     evidence = {(s["text"], s["label"]) for s in manufactured.labels["evidence"]}
     assert {("propaganda", "framing_cue"), ("pretext", "framing_cue"), ("NATO", "actor")} <= evidence
     assert ("Russia", "actor") in evidence  # "Russia's": the possessive ends the word
+
+
+def test_backend_settings_choose_the_encoder_runtime(schema, tmp_path, monkeypatch):
+    """WORKBENCH_RUNTIME / WORKBENCH_PRECISION / WORKBENCH_ONNX_CACHE_DIR reach the cold start's embedder."""
+    from backend import app as backend_app
+    from backend.settings import Settings
+    from training import embedding
+
+    built = []
+
+    class Recorder:
+        def __init__(self, encoder=None, **options):
+            built.append(options)
+
+        def describe(self) -> str:
+            return "recorded"
+
+        def embed(self, texts):
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    monkeypatch.setattr(embedding, "SentenceEmbedder", Recorder)
+    monkeypatch.setenv("WORKBENCH_RUNTIME", "onnx")
+    monkeypatch.setenv("WORKBENCH_PRECISION", "int8")
+    monkeypatch.setenv("WORKBENCH_ONNX_CACHE_DIR", str(tmp_path))
+    cold_start, _ = backend_app.default_predictors(Settings(), schema)
+    assert isinstance(cold_start(), ColdStartPredictor)
+    assert built[-1] | {"threads": None} == {
+        "threads": None,
+        "cache_size": 4096,
+        "runtime": "onnx",
+        "precision": "int8",
+        "onnx_cache_dir": tmp_path,
+    }
+    monkeypatch.delenv("WORKBENCH_PRECISION")
+    backend_app.default_predictors(Settings(quantize=True, runtime="torch"), schema)[0]()
+    assert (built[-1]["runtime"], built[-1]["precision"]) == ("torch", "int8")  # WORKBENCH_QUANTIZE still works
+    with pytest.raises(ValueError, match="runtime"):
+        Settings(runtime="tensorrt")
+
+
+def test_onnx_settings_without_onnxruntime_still_serve(schema, tmp_path, monkeypatch):
+    """No onnxruntime: the cold start runs on torch fp32 and predicts as usual."""
+    import sys
+
+    from backend.app import default_predictors
+    from backend.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    settings = Settings(runtime="onnx", precision="int8", onnx_cache_dir=tmp_path, models_dir=tmp_path / "models")
+    predictor = default_predictors(settings, schema)[0]()
+    assert predictor.embedder.describe().startswith("torch fp32 (fallback: onnxruntime is not installed")
+    [prediction] = predictor.predict([{"text": MANUFACTURED}])
+    assert prediction.labels["threat_characterization"] == "manufactured"

@@ -1,10 +1,18 @@
-"""SentenceEmbedder: agreement with sentence-transformers, order, batching, the cache and the int8 path."""
+"""SentenceEmbedder: agreement with sentence-transformers, order, batching, the cache, int8, bf16 and ONNX paths."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
+from training import embedding
 from training.embedding import SentenceEmbedder
 
 TEXTS = [
@@ -118,3 +126,159 @@ def test_quantized_agrees_with_fp32(paragraphs: list[str], fp32_paragraphs: np.n
     assert cosine.mean() > 0.98
     assert cosine.min() > 0.95
     assert np.isfinite(quantized.embed(["", "😀"])).all()
+
+
+# ---- runtimes and precisions: torch bf16, ONNX Runtime fp32/int8, the on-disk graph cache and the fallback ----
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(onnx_cache: Path) -> SentenceEmbedder:
+    return SentenceEmbedder(runtime="onnx", precision="fp32", threads=2, onnx_cache_dir=onnx_cache)
+
+
+def test_onnx_fp32_matches_torch(onnx_fp32: SentenceEmbedder, embedder: SentenceEmbedder, paragraphs: list[str]):
+    assert (onnx_fp32.runtime, onnx_fp32.precision, onnx_fp32.fallback_reason) == ("onnx", "fp32", None)
+    assert onnx_fp32.model is None and onnx_fp32.describe() == "onnx fp32"
+    embedder.clear_cache()
+    texts = [*TEXTS, *paragraphs[:20]]
+    ours, reference = onnx_fp32.embed(texts), embedder.embed(texts)
+    assert ours.shape == reference.shape and ours.dtype == np.float32
+    assert np.allclose(ours, reference, atol=1e-4)  # the empty text, emoji, Persian and truncation included
+    assert onnx_fp32.embed([]).shape == (0, 384)
+    # a batch's composition does not change a text's vector (beyond float noise)
+    alone = np.stack([onnx_fp32.embed([t])[0] for t in TEXTS[:3]])
+    onnx_fp32.clear_cache()
+    assert np.allclose(alone, onnx_fp32.embed(TEXTS)[:3], atol=1e-5)
+
+
+def test_onnx_int8_stays_close_to_fp32(onnx_cache: Path, onnx_fp32, paragraphs: list[str], fp32_paragraphs):
+    int8 = SentenceEmbedder(runtime="onnx", precision="int8", threads=2, onnx_cache_dir=onnx_cache)
+    assert (int8.runtime, int8.precision, int8.quantized) == ("onnx", "int8", True)
+    assert int8.onnx_path != onnx_fp32.onnx_path and int8.onnx_path.stat().st_size < onnx_fp32.onnx_path.stat().st_size
+    cosine = (int8.embed(paragraphs) * fp32_paragraphs).sum(axis=1)
+    assert cosine.mean() > 0.99 and cosine.min() > 0.98  # torch int8 reaches 0.988 / 0.976
+    assert np.allclose(np.linalg.norm(int8.embed(TEXTS), axis=1), 1.0, atol=1e-5)
+    # activation scales are per tensor: one text per pass, so batch-mates and padding never change a vector
+    assert int8.batch_size == 1
+    int8.clear_cache()
+    together = int8.embed(TEXTS)
+    int8.clear_cache()
+    assert np.array_equal(np.stack([int8.embed([text])[0] for text in TEXTS]), together)
+
+
+def test_torch_bf16_stays_close_to_fp32(paragraphs: list[str], fp32_paragraphs: np.ndarray):
+    bf16 = SentenceEmbedder(precision="bf16", threads=2)
+    assert bf16.describe() == "torch bf16" and next(bf16.model.parameters()).dtype == torch.bfloat16
+    vectors = bf16.embed(paragraphs[:30])
+    assert vectors.dtype == np.float32
+    assert (vectors * fp32_paragraphs[:30]).sum(axis=1).min() > 0.999
+
+
+def test_cached_graph_is_reused_not_exported_again(onnx_cache: Path, onnx_fp32, monkeypatch):
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(embedding, "export_onnx_encoder", no_export)
+    again = SentenceEmbedder(runtime="onnx", precision="fp32", onnx_cache_dir=onnx_cache)
+    assert again.runtime == "onnx" and again.onnx_path == onnx_fp32.onnx_path
+    assert sorted(p.name for p in onnx_cache.iterdir()) == sorted(
+        p.name for p in onnx_cache.glob("*.onnx")
+    )  # no staging folders left behind
+
+
+def test_cache_file_appears_atomically(tmp_path: Path, onnx_fp32, monkeypatch):
+    """The graph is staged inside the cache folder (same file system) and renamed into place, never written there."""
+    cache = tmp_path / "cache"
+    renames = []
+    real_replace = os.replace
+
+    def staged_export(path, folder, precision="fp32", fp32_graph=None):
+        staged = folder / "graph.onnx"
+        shutil.copyfile(onnx_fp32.onnx_path, staged)
+        assert not list(cache.glob("*.onnx"))  # nothing visible while the graph is being written
+        return staged
+
+    def spy_replace(src, dst):
+        renames.append((Path(src), Path(dst), Path(dst).exists()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(embedding, "export_onnx_encoder", staged_export)
+    monkeypatch.setattr(embedding.os, "replace", spy_replace)
+    target = embedding.onnx_encoder_file(onnx_fp32.path, "fp32", cache)
+    [(src, dst, existed)] = renames
+    assert dst == target and not existed and target.is_file()
+    assert src.parent.parent == cache and src.parent.name.startswith(".export-")
+    assert [p.name for p in cache.iterdir()] == [target.name]  # the staging folder is gone
+
+
+def test_failed_export_falls_back_to_torch_fp32_and_leaves_no_file(tmp_path: Path, monkeypatch, caplog):
+    def broken(path, folder, precision="fp32", fp32_graph=None):
+        (folder / "half-written.onnx").write_bytes(b"\0" * 100)
+        raise RuntimeError("cannot export this encoder")
+
+    monkeypatch.setattr(embedding, "export_onnx_encoder", broken)
+    with caplog.at_level(logging.WARNING, logger="training.embedding"):
+        fallback = SentenceEmbedder(runtime="onnx", precision="int8", onnx_cache_dir=tmp_path / "cache")
+    assert (fallback.runtime, fallback.precision, fallback.session) == ("torch", "fp32", None)
+    assert "cannot export this encoder" in fallback.fallback_reason
+    assert "using torch fp32" in caplog.text and "cannot export" in caplog.text
+    assert fallback.describe().startswith("torch fp32 (fallback: RuntimeError")
+    assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing half-written is left for the next start
+    assert fallback.embed(["Russia and China signed a pact."]).shape == (1, 384)
+
+
+def test_missing_onnxruntime_falls_back_to_torch_fp32(tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    fallback = SentenceEmbedder(runtime="onnx", precision="fp32", onnx_cache_dir=tmp_path)
+    assert (fallback.runtime, fallback.precision) == ("torch", "fp32")
+    assert fallback.fallback_reason.startswith("onnxruntime is not installed")
+
+
+def test_cache_key_follows_the_encoder_files(tmp_path: Path):
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    key = embedding.onnx_cache_key(str(folder), "fp32")
+    assert key == embedding.onnx_cache_key(str(folder), "fp32")
+    assert key != embedding.onnx_cache_key(str(folder), "int8")
+    stat = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert embedding.onnx_cache_key(str(folder), "fp32") != key  # retrained weights: a new graph
+
+
+def test_rejects_unknown_runtime_and_precision():
+    with pytest.raises(ValueError, match="runtime"):
+        SentenceEmbedder(runtime="tensorrt")
+    with pytest.raises(ValueError, match="precision"):
+        SentenceEmbedder(precision="fp8")
+    with pytest.raises(ValueError, match="onnx runtime supports"):
+        SentenceEmbedder(runtime="onnx", precision="bf16")
+
+
+def test_torch_inference_runs_on_one_thread_whoever_calls(embedder: SentenceEmbedder, monkeypatch):
+    """Request threads hand torch work to one thread (one OpenMP team); a nested call does not deadlock."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen = set()
+    original = embedder._encode_torch
+
+    def spy(texts):
+        seen.add(threading.get_ident())
+        return original(texts)
+
+    monkeypatch.setattr(embedder, "_encode_torch", spy)
+    embedder.clear_cache()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: embedder.embed([f"text number {i}"]), range(8)))
+    assert len(seen) == 1 and threading.get_ident() not in seen
+    assert all(r.shape == (1, 384) for r in results)
+    assert embedding.on_torch_thread(embedding.on_torch_thread, lambda: 42) == 42

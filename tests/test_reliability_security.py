@@ -148,3 +148,20 @@ def test_a_hand_edited_pointer_cannot_point_outside_the_registry(tmp_path):
     holder = ModelHolder(lambda: Serving(), lambda: current_model(models), lambda v, f: loaded.append(f))
     assert holder.current.model_version == "cold-start-x" and loaded == []
     assert "cannot read the registry" in holder.last_error
+
+
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"WORKBENCH_RUNTIME": "tensorrt"}, ["WORKBENCH_RUNTIME", "'torch' or 'onnx'", "tensorrt"]),
+        ({"WORKBENCH_PRECISION": "bf16"}, ["WORKBENCH_PRECISION=bf16 needs WORKBENCH_RUNTIME=torch"]),
+        ({"WORKBENCH_MAX_TASKS": "0"}, ["WORKBENCH_MAX_TASKS", "greater than or equal to 1"]),
+    ],
+)
+def test_bad_environment_settings_give_one_line_naming_the_variable(env, needles, tmp_path, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    port = str(free_port())
+    code, _, err = run_cli_in_process(monkeypatch, capsys, "serve", "--port", port, "--models", str(tmp_path))
+    assert code == 1
+    assert_one_error_line(err, *needles)

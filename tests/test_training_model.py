@@ -198,3 +198,48 @@ def test_span_metrics_need_the_same_label_to_match():
     pred = [[{"start": 0, "end": 5, "label": "framing_cue"}]]
     scores = span_metrics(dim, gold, pred)
     assert scores["exact"]["f1"] == 0.0 and scores["partial"]["f1"] == 0.0
+
+
+def test_validation_loss_also_skips_views_without_labels(model, tokenizer):
+    """In eval mode with labels (the Trainer's validation loss) unlabelled views do not run either."""
+    rows = [{**TEXTS[0], "stance_us_policy": "against"}, {**TEXTS[1], "threat_characterization": "genuine"}]
+    batch = Collator(model.config)(featurize(rows, model.config, tokenizer))
+    with torch.inference_mode():
+        out = model(**batch)
+    assert "stance_russia_china" not in out.logits and "stance_nato_enlargement" not in out.logits
+    assert out.logits["stance_us_policy"][1].abs().sum() == 0  # row 1 has no us_policy label: not encoded
+    assert out.logits["stance_us_policy"][0].abs().sum() > 0
+
+
+def test_labelled_only_outputs_equal_the_full_run_where_labelled(model, tokenizer):
+    from training.predict import run_model
+
+    rows = [{**TEXTS[0], "stance_us_policy": "against"}, {**TEXTS[1], "threat_characterization": "genuine"}]
+    full = run_model(model, tokenizer, rows, batch_size=4)
+    part = run_model(model, tokenizer, rows, batch_size=4, labelled_only=True)
+    assert np.allclose(part.logits["stance_us_policy"][0], full.logits["stance_us_policy"][0], atol=1e-5)
+    assert np.allclose(part.logits["threat_characterization"][1], full.logits["threat_characterization"][1], atol=1e-5)
+    assert not part.logits["stance_us_policy"][1].any() and not part.logits["stance_russia_china"].any()
+    assert not part.logits["threat_characterization"][0].any()  # the plain view ran for row 1 only
+    assert part.spans["evidence"][1] == full.spans["evidence"][1]
+
+
+def test_frozen_lower_layers_get_no_gradients(schema, tokenizer):
+    from training.modeling import freeze_lower_layers
+
+    torch.manual_seed(0)
+    fresh = MultiHeadModel.from_encoder(schema, max_seq_length=48)
+    everything = sum(p.numel() for p in fresh.parameters())
+    trainable = freeze_lower_layers(fresh, 4)
+    assert 0 < trainable < everything / 2  # MiniLM-L6: embeddings (12M) + 4 of 6 layers frozen
+    rows = [{**TEXTS[0], "threat_characterization": "genuine"}, {**TEXTS[1], "threat_characterization": "contested"}]
+    batch = Collator(fresh.config)(featurize(rows, fresh.config, tokenizer))
+    fresh.train()
+    fresh(**batch).loss.backward()
+    layers = fresh.encoder.encoder.layer
+    assert all(p.grad is None for p in fresh.encoder.embeddings.parameters())
+    assert all(p.grad is None for p in layers[3].parameters())
+    assert all(p.grad is not None for p in layers[4].parameters())
+    assert fresh.heads["threat_characterization"].weight.grad is not None
+    with pytest.raises(ValueError, match="cannot freeze 7 layers: the encoder has 6 layers"):
+        freeze_lower_layers(fresh, 7)

@@ -256,3 +256,35 @@ def test_another_schema_trains_and_predicts_without_code_changes(tmp_path):
     for span in prediction.labels["names"]:
         assert tasks[1]["data"]["headline"][span["start"] : span["end"]] == span["text"]
     prediction.to_label_studio(schema, tasks[1]["data"], predictor.model_version)
+
+
+def test_explicit_export_wins_over_label_studio_in_the_environment(trained, tmp_path, monkeypatch):
+    """LABEL_STUDIO_URL in the environment (set for the backend) must not turn --from-export into a conflict."""
+    _, models, export = trained
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens: reading it would fail
+    result = CliRunner().invoke(build_app(), ["train", "--from-export", str(export), "--models", str(models),
+                                              "--if-new-data", "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--freeze-layers", "-1"], "freeze-layers must be >= 0 (got -1)"),
+        (["--mixed-precision", "fp8"], "mixed-precision must be auto, no, bf16 or fp16 (got 'fp8')"),
+        (["--batch-size", "0"], "batch-size must be >= 1 (got 0)"),
+        (["--freeze-layers", "9"], "cannot freeze 9 layers: the encoder has 6 layers"),
+    ],
+)
+def test_bad_training_options_exit_with_one_line(trained, tmp_path, option, message, monkeypatch, capsys):
+    from tests.test_reliability_support import assert_one_error_line, run_cli_in_process
+
+    _, _, export = trained
+    models = tmp_path / "models"
+    code, _, err = run_cli_in_process(
+        monkeypatch, capsys, "train", "--from-export", str(export), "--models", str(models), "--quiet", *option
+    )
+    assert code == 1
+    assert_one_error_line(err, message)
+    assert not models.exists() or not any(models.iterdir())  # nothing registered

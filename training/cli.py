@@ -233,7 +233,11 @@ def train(
         Path | None, typer.Option("--from-export", help="Label Studio JSON export with annotations.")
     ] = None,
     ls_url: Annotated[
-        str | None, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Read annotations from this Label Studio.")
+        str | None,
+        typer.Option(
+            "--ls-url",
+            help="Read annotations from this Label Studio (default: $LABEL_STUDIO_URL, unless --from-export is given).",
+        ),
     ] = None,
     project: Annotated[int | None, typer.Option("--project", help="Label Studio project id (with --ls-url).")] = None,
     api_key: Annotated[str, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False)] = "",
@@ -249,6 +253,17 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate.")] = None,
+    head_learning_rate: Annotated[float | None, typer.Option(help="Learning rate of the heads.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Epochs without a better validation loss before stopping (0: never).")
+    ] = None,
+    class_weights: Annotated[
+        bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency class weights.")
+    ] = None,
+    freeze_layers: Annotated[
+        int | None, typer.Option(help="Freeze the embeddings and this many lower encoder layers (faster steps).")
+    ] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="auto, no, bf16 or fp16.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per encoder pass.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, initialisation, order).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
@@ -264,12 +279,22 @@ def train(
         "max_steps": max_steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "head_learning_rate": head_learning_rate,
+        "early_stopping_patience": patience,
+        "class_weights": class_weights,
+        "freeze_layers": freeze_layers,
+        "mixed_precision": mixed_precision,
         "max_length": max_length,
         "seed": seed,
         "device": device,
         "threads": threads,
     }
-    args = TrainingArguments(**{k: v for k, v in overrides.items() if v is not None}, progress=not quiet)
+    try:
+        args = TrainingArguments(**{k: v for k, v in overrides.items() if v is not None}, progress=not quiet)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if ls_url is None and from_export is None:  # an explicit --from-export wins over the environment's Label Studio
+        ls_url = os.environ.get("LABEL_STUDIO_URL") or None
     tasks, source = None, ""
     if ls_url or project is not None:
         if from_export is not None:

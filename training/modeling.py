@@ -21,7 +21,7 @@ Labels for the loss, per dimension (missing labels are masked, never negatives):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -226,8 +226,8 @@ class MultiHeadModel(PreTrainedModel):
     ) -> MultiHeadOutput:
         """Encode each view once and apply its heads; sum the masked per-dimension losses when labels are given.
 
-        In training mode with labels, a view runs only on rows labelled for one of its dimensions (a view with
-        none is skipped and its dimensions have no logits); logits of skipped rows are zeros.
+        With labels (training and validation loss), a view runs only on rows labelled for one of its dimensions (a
+        view with none is skipped and its dimensions have no logits); logits of skipped rows are zeros.
         """
         logits: dict[str, torch.Tensor] = {}
         losses: list[torch.Tensor] = []
@@ -238,7 +238,7 @@ class MultiHeadModel(PreTrainedModel):
                 continue
             batch = inputs["input_ids"].shape[0]
             rows = None
-            if labels is not None and self.training:
+            if labels is not None:
                 rows = _labelled_rows(dims, labels, batch, inputs["input_ids"].device)
                 if not rows.any():
                     continue
@@ -297,6 +297,29 @@ class MultiHeadModel(PreTrainedModel):
         )
 
 
+def freeze_lower_layers(model: MultiHeadModel, count: int) -> int:
+    """Freeze the encoder's embeddings and its `count` lowest layers; returns the parameters left trainable.
+
+    Nothing below the first trainable layer needs gradients, so autograd stops there: with 4 of MiniLM's 6 layers
+    frozen a training step skips two thirds of the encoder's backward pass. The layer stack is the encoder's
+    ModuleList holding `num_hidden_layers` modules (BERT, RoBERTa, DistilBERT, MPNet, ... all have one).
+    """
+    if count <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers_total = int(getattr(model.encoder.config, "num_hidden_layers", 0))
+    stack = next((m for m in model.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == layers_total), None)
+    if stack is None or count > layers_total:
+        raise ValueError(f"cannot freeze {count} layers: the encoder has {layers_total or 'no recognisable'} layers")
+    embeddings = model.encoder.get_input_embeddings()
+    frozen = [*stack[:count]]
+    parent = getattr(model.encoder, "embeddings", None)
+    frozen.append(parent if isinstance(parent, nn.Module) else embeddings)
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _labelled_rows(
     dims: Sequence[Mapping[str, Any]], labels: Mapping[str, torch.Tensor], batch: int, device: torch.device
 ) -> torch.Tensor:
@@ -322,12 +345,19 @@ def _scatter_rows(out: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Te
 
 
 def encode_views(
-    tokenizer: Any, config: MultiHeadConfig, records: Sequence[Mapping[str, Any]], max_length: int | None = None
+    tokenizer: Any,
+    config: MultiHeadConfig,
+    records: Sequence[Mapping[str, Any]],
+    max_length: int | None = None,
+    views: Collection[str] | None = None,
 ) -> list[dict[str, dict[str, list]]]:
-    """Tokenize every record for every view: per record, view id -> input_ids, attention_mask, offsets, ..."""
+    """Tokenize every record for every view (or only the view ids in `views`): per record, view id -> input_ids,
+    attention_mask, offsets, ..."""
     max_length = max_length or config.max_seq_length
     per_record: list[dict[str, dict[str, list]]] = [{} for _ in records]
     for view in config.views:
+        if views is not None and view.id not in views:
+            continue
         texts = [str(r.get(view.field) or "") for r in records]
         if view.target is not None:
             enc = tokenizer(

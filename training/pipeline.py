@@ -131,7 +131,9 @@ def run_training(
     outputs = {}
     for name in ("validation", "test"):
         rows = list(dataset[name])
-        outputs[name] = (rows, run_model(model, tokenizer, rows, args.eval_batch_size) if rows else None)
+        # only the views a row has labels for: evaluation and calibration need no other answers
+        out = run_model(model, tokenizer, rows, args.eval_batch_size, labelled_only=True) if rows else None
+        outputs[name] = (rows, out)
     temperatures = {}
     val_rows, val_out = outputs["validation"]
     for dim in config.dimensions:

@@ -15,6 +15,7 @@ import torch
 
 from annotation_config.regions import Prediction
 from training.calibration import Temperature, load_calibration, sigmoid, softmax
+from training.embedding import on_torch_thread
 from training.encoder import configure_threads, length_buckets
 from training.modeling import BIO, MultiHeadModel, encode_views, pad_views, quiet_transformers, view_of
 
@@ -89,48 +90,78 @@ def decode_spans(
     ]
 
 
-@torch.inference_mode()
 def run_model(
     model: MultiHeadModel,
     tokenizer: Any,
     records: Sequence[Mapping[str, Any]],
     batch_size: int = 32,
     max_length: int | None = None,
+    labelled_only: bool = False,
 ) -> ModelOutputs:
-    """Run the model over task `data` dicts in length-bucketed batches; outputs are in input order."""
+    """Run the model over task `data` dicts in length-bucketed batches; outputs are in input order.
+
+    `labelled_only` (evaluation, calibration): each view runs only on the records that carry a label for one of its
+    dimensions, and other records keep zero logits and no spans. A SemEval tweet has one target of five, so this
+    encodes one view per tweet instead of five.
+    """
+    config = model.config
+    heads = [d for d in config.dimensions if d["kind"] != "spans"]
+    out = ModelOutputs(
+        logits={d["name"]: np.zeros((len(records), len(d["labels"])), dtype=np.float32) for d in heads},
+        spans={d["name"]: [[] for _ in records] for d in config.dimensions if d["kind"] == "spans"},
+    )
+    if not labelled_only:
+        _run_views(model, tokenizer, records, list(range(len(records))), None, batch_size, max_length, out)
+        return out
+    for view in config.views:
+        names = [d["name"] for d in config.dimensions if view_of(d).id == view.id]
+        needed = [i for i, record in enumerate(records) if any(record.get(n) is not None for n in names)]
+        if needed:
+            _run_views(model, tokenizer, records, needed, {view.id}, batch_size, max_length, out)
+    return out
+
+
+@torch.inference_mode()
+def _run_views(
+    model: MultiHeadModel,
+    tokenizer: Any,
+    records: Sequence[Mapping[str, Any]],
+    indices: Sequence[int],
+    views: set[str] | None,
+    batch_size: int,
+    max_length: int | None,
+    out: ModelOutputs,
+) -> None:
+    """Fill `out` for records[indices] with the outputs of `views` (None: every view)."""
     config = model.config
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    heads = [d for d in config.dimensions if d["kind"] != "spans"]
-    span_dims = [d for d in config.dimensions if d["kind"] == "spans"]
-    out = ModelOutputs(
-        logits={d["name"]: np.zeros((len(records), len(d["labels"])), dtype=np.float32) for d in heads},
-        spans={d["name"]: [[] for _ in records] for d in span_dims},
-    )
-    fields = {view.field for view in config.views}
-    lengths = [max((len(str(r.get(f) or "")) for f in fields), default=0) for r in records]
-    for batch in length_buckets(lengths, batch_size):
-        chunk = [records[i] for i in batch]
-        items = encode_views(tokenizer, config, chunk, max_length)
+    dims = [d for d in config.dimensions if views is None or view_of(d).id in views]
+    fields = {view.field for view in config.views if views is None or view.id in views}
+    lengths = [max((len(str(records[i].get(f) or "")) for f in fields), default=0) for i in indices]
+    for positions in length_buckets(lengths, batch_size):
+        batch = [indices[p] for p in positions]
+        items = encode_views(tokenizer, config, [records[i] for i in batch], max_length, views)
         padded = pad_views(items, tokenizer.pad_token_id or 0)
         offsets = {view_id: tensors.pop("offset_mapping") for view_id, tensors in padded.items()}
-        views = {v: {k: t.to(device) for k, t in tensors.items()} for v, tensors in padded.items()}
-        logits = model(views=views).logits
-        for dim in heads:
-            out.logits[dim["name"]][batch] = logits[dim["name"]].float().cpu().numpy()
-        for dim in span_dims:
+        inputs = {v: {k: t.to(device) for k, t in tensors.items()} for v, tensors in padded.items()}
+        logits = model(views=inputs).logits
+        for dim in dims:
+            name = dim["name"]
+            if dim["kind"] != "spans":
+                out.logits[name][batch] = logits[name].float().cpu().numpy()
+                continue
             view_id = view_of(dim).id
-            probs = torch.softmax(logits[dim["name"]].float(), dim=-1).cpu().numpy()
+            probs = torch.softmax(logits[name].float(), dim=-1).cpu().numpy()
             for row, index in enumerate(batch):
                 length = probs.shape[1]
                 text = str(records[index].get(dim["field"]) or "")
-                out.spans[dim["name"]][index] = decode_spans(
+                out.spans[name][index] = decode_spans(
                     probs[row], offsets[view_id][row, :length].tolist(), dim["labels"], text
                 )
     if was_training:
         model.train()
-    return out
 
 
 class TrainedPredictor:
@@ -172,8 +203,8 @@ class TrainedPredictor:
 
     def outputs(self, tasks: Sequence[Mapping[str, Any]]) -> ModelOutputs:
         """Raw outputs (logits and decoded spans) for task `data` dicts."""
-        with self._lock:
-            return run_model(self.model, self.tokenizer, tasks, self.batch_size)
+        with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
+            return on_torch_thread(run_model, self.model, self.tokenizer, tasks, self.batch_size)
 
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """One Prediction per task `data` dict, in order: calibrated labels and scores for every dimension."""

@@ -21,6 +21,7 @@ from training.modeling import (
     MultiHeadConfig,
     MultiHeadModel,
     encode_views,
+    freeze_lower_layers,
     pad_views,
     quiet_transformers,
     view_of,
@@ -217,6 +218,10 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
         config.class_weights = class_weights(train_rows, config, train_items, args.max_class_weight)
     set_seed(args.seed)
     model = MultiHeadModel.with_encoder(config, args.encoder)
+    try:
+        freeze_lower_layers(model, args.freeze_layers)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     phases["load"] = time.perf_counter() - started - phases["tokenize"]
 
     precision = args.resolved_precision()

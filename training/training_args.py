@@ -33,8 +33,32 @@ class TrainingArguments:
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
     threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
+    freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the manifest
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs <= 0 and self.max_steps <= 0:
+            problems.append(f"epochs must be > 0 (got {self.epochs})")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.max_length < 8:
+            problems.append(f"max-length must be >= 8 tokens (got {self.max_length})")
+        for name in ("learning_rate", "head_learning_rate"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.early_stopping_patience < 0:
+            problems.append(f"patience must be >= 0 (got {self.early_stopping_patience})")
+        if self.freeze_layers < 0:
+            problems.append(f"freeze-layers must be >= 0 (got {self.freeze_layers})")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1 (got {self.threads})")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready hyper-parameters (for the manifest and the model card)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
@@ -177,12 +178,26 @@ def up(
     )
 
 
+def settings_problem(error: ValidationError) -> str:
+    """One line naming each environment variable at fault, e.g. "WORKBENCH_RUNTIME: Input should be ... (got 'x')"."""
+    parts = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem.get("loc", ()))
+        name = f"WORKBENCH_{field.upper()}" if field else "settings"
+        got = f" (got {problem['input']!r})" if field and "input" in problem else ""
+        parts.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(parts)
+
+
 def main() -> None:
     """Entry point: run the app and turn user-fixable errors into one line on stderr and exit code 1."""
     try:
         app()
     except WorkbenchError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except ValidationError as error:  # settings from WORKBENCH_* environment variables
+        err.print(f"[bold red]error:[/] {settings_problem(error)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
