@@ -145,10 +145,13 @@ def wait_for_round(client: httpx.Client, url: str, before: str, jobs_before: int
         if health["model_kind"] == "trained" and health["model_version"] != before:
             return {"health": health, "served": True, "seen_at": time.time(), "seen_perf": time.perf_counter()}
         if job["jobs_started"] > jobs_before and job["state"] in ("failed", "succeeded"):
-            time.sleep(0.5)  # the swap runs right after the job ends: give it a moment, then decide
-            health = client.get(f"{url}/health").json()
-            if health["model_kind"] == "trained" and health["model_version"] != before:
-                return {"health": health, "served": True, "seen_at": time.time(), "seen_perf": time.perf_counter()}
+            # the swap (loading the new model) runs right after the job ends: give it up to 15 s, then decide
+            settle = time.monotonic() + 15
+            while time.monotonic() < settle:
+                health = client.get(f"{url}/health").json()
+                if health["model_kind"] == "trained" and health["model_version"] != before:
+                    return {"health": health, "served": True, "seen_at": time.time(), "seen_perf": time.perf_counter()}
+                time.sleep(0.05)
             return {"health": health, "served": False, "seen_at": time.time(), "seen_perf": time.perf_counter()}
         time.sleep(0.05)
     raise SystemExit(f"no new model within {timeout:.0f} s")
