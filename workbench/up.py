@@ -117,6 +117,9 @@ def run_up(options: UpOptions) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C stops both servers even when started from a shell that ignores SIGINT in background jobs (a
+    # non-interactive `cmd &`): Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, on_signal)
     try:
         with console.status("starting Label Studio…") as status:
             if options.ls_url:
