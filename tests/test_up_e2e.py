@@ -39,6 +39,8 @@ class UpProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # as a non-interactive shell starts `workbench up &`: SIGINT ignored; Ctrl-C must still stop everything
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         threading.Thread(target=self._read, daemon=True).start()
 
