@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from training.encoder import configure_threads, length_buckets, resolve_encoder_path
+from training.encoder import allowed_cpus, configure_threads, length_buckets, resolve_encoder_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,7 +119,7 @@ class SentenceEmbedder:
             try:
                 self.onnx_path = onnx_encoder_file(self.path, precision, onnx_cache_dir)
                 self.session = onnx_session(self.onnx_path, threads)
-                workers = _allowed_cpus() if threads is None else threads
+                workers = allowed_cpus() if threads is None else threads
                 if workers > 1:  # see _encode_onnx
                     self._solo_session = onnx_session(self.onnx_path, 1)
                     self._workers = ThreadPoolExecutor(workers, thread_name_prefix="onnx-worker")
@@ -510,10 +510,6 @@ def _verify(graph: Path, model: torch.nn.Module, tokenizer, precision: str) -> N
         raise RuntimeError(f"the exported {precision} graph does not reproduce torch fp32 (cosine {cosine.min():.4f})")
 
 
-def _allowed_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session: all graph optimizations, `threads` intra-op threads.
 
@@ -526,7 +522,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     if threads is None:
-        threads = _allowed_cpus()
+        threads = allowed_cpus()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3

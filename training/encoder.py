@@ -33,11 +33,16 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def allowed_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads (default: the CPU count this process may use) and return the number."""
     import torch
 
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = allowed_cpus()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
