@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from annotation_config.schema import Schema, load_schema
 from backend.holder import ModelHolder
-from backend.jobs import JobRunner
+from backend.jobs import JobRunner, default_launcher
 from backend.metrics import Metrics
 from backend.middleware import Guard
 from backend.predictor import Predictor
@@ -115,12 +115,12 @@ def default_predictors(settings: Settings, schema: Schema):
 
 
 def training_command(settings: Settings, service_projects: dict[str, dict[str, str]]):
-    """How the job runner starts training: `workbench train` in a child process, secrets via the environment."""
+    """How the job runner starts training: `workbench train` arguments for a child process, secrets via the
+    environment (a command line is visible to every user in `ps`)."""
     import shlex
-    import sys
 
     def build(project: str | None) -> tuple[list[str], dict[str, str]]:
-        argv = [sys.executable, "-m", "workbench", "train", "--quiet", "--models", str(settings.models_dir)]
+        argv = ["train", "--quiet", "--models", str(settings.models_dir)]
         argv += shlex.split(settings.train_args)
         if settings.schema_path:
             argv += ["--schema", str(settings.schema_path)]
@@ -158,12 +158,14 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         settings.models_dir / "logs",
         on_finish=after_training,
         train_every=settings.train_every,
+        launcher=default_launcher(settings.train_warm),
     )
     service = Service(settings, schema, holder, jobs, metrics, versions, projects)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         holder.start()
+        service.jobs.warm_up()
         yield
         holder.stop()
         service.jobs.stop()

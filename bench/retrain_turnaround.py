@@ -14,8 +14,11 @@ to /webhook (what Label Studio sends), polls /health every 50 ms until model_kin
 model_version, then sends one /predict and checks it carries that version. The clock runs from the POST to the
 first /health answer that shows the new model. Phases come from the job status and the model's manifest.
 
+With --launch warm,cold each schema runs twice: jobs forked from the backend's warm training worker (the default)
+and jobs started as fresh `python -m workbench train` processes (the baseline), and the saving is printed.
+
 Run: .venv/bin/python bench/retrain_turnaround.py [--schemas sample,semeval] [--labels 1000]
-         [--train-args "--epochs 2"] [--rounds 2] [--json FILE]
+         [--train-args "--epochs 2"] [--rounds 2] [--launch warm,cold] [--json FILE]
 """
 
 from __future__ import annotations
@@ -157,7 +160,9 @@ def wait_for_round(client: httpx.Client, url: str, before: str, jobs_before: int
     raise SystemExit(f"no new model within {timeout:.0f} s")
 
 
-def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float, data_path: Path) -> list[dict]:
+def measure(
+    kind: str, labels: int, train_args: str, rounds: int, timeout: float, data_path: Path, launch: str = "warm"
+) -> list[dict]:
     from annotation_config.schema import load_schema
     from backend.app import create_app
     from backend.settings import Settings
@@ -175,6 +180,7 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
             models_dir=Path(scratch) / "models",
             train_args=f"--from-export {export} {train_args}".strip(),
             reload_interval=1.0,
+            train_warm=launch == "warm",
             label_studio_url=None,
             label_studio_api_key=None,
         )
@@ -182,6 +188,18 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
         app = create_app(settings)
         with ServerThread(app) as server, httpx.Client(timeout=30) as client:
             setup_seconds = time.perf_counter() - started
+            # A backend that has run a while has its training worker warm: wait for it (the first seconds after
+            # start are the worker importing torch and transformers once, in the background).
+            worker = client.get(f"{server.url}/health").json()["training"]["worker"]
+            while worker in ("warming", "not started") and time.perf_counter() - started < 300:
+                time.sleep(0.1)
+                worker = client.get(f"{server.url}/health").json()["training"]["worker"]
+            worker_seconds = time.perf_counter() - started
+            print(
+                f"{kind} {launch}: backend up in {setup_seconds:.1f} s, training worker {worker} after "
+                f"{worker_seconds:.1f} s",
+                flush=True,
+            )
             for round_number in range(1, rounds + 1):
                 if round_number > 1:
                     changed = relabel(tasks, schema, 0.03, round_number)
@@ -206,6 +224,7 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
                     job = client.get(f"{server.url}/health").json()["training"]
                 row: dict[str, Any] = {
                     "schema": kind,
+                    "launch": launch,
                     "round": round_number,
                     "labels": len(tasks),
                     "changed_labels": changed,
@@ -218,6 +237,8 @@ def measure(kind: str, labels: int, train_args: str, rounds: int, timeout: float
                     "load_before": load,
                     "load_after": os.getloadavg()[0],
                     "backend_setup_seconds": setup_seconds,
+                    "worker": worker,
+                    "worker_ready_seconds": worker_seconds,
                 }
                 if job.get("started_at") and job.get("finished_at"):
                     row["job_seconds"] = job["finished_at"] - job["started_at"]
@@ -267,7 +288,8 @@ def print_row(row: dict) -> None:
     pipeline = row.get("pipeline") or {}
     phases = row.get("train_phases") or {}
     print(
-        f"{row['schema']:<8} round {row['round']}: {row['labels']} labels, train args {row['train_args']!r}: "
+        f"{row['schema']:<8} {row['launch']} round {row['round']}: {row['labels']} labels, "
+        f"train args {row['train_args']!r}: "
         f"{'serving' if row['served'] else 'NOT serving'} {row['model_version']} after {row['seconds']:.1f} s "
         f"(load {row['load_before']:.2f}->{row['load_after']:.2f})",
         flush=True,
@@ -295,6 +317,9 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=1000, help="annotated tasks in the export")
     parser.add_argument("--train-args", default="", help="extra `workbench train` options (WORKBENCH_TRAIN_ARGS)")
     parser.add_argument("--rounds", type=int, default=1, help="START_TRAINING rounds (later rounds relabel 3%%)")
+    parser.add_argument(
+        "--launch", default="warm", help="comma-separated: warm (the backend's default), cold (a fresh process per job)"
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--data", type=Path, default=SEMEVAL_DATA, help="the SemEval-2016 training file")
     parser.add_argument("--json", type=Path, default=None)
@@ -313,19 +338,28 @@ def main() -> None:
         if kind == "semeval" and not args.data.exists():
             print(f"semeval: skipped, {args.data} not found (pass --data)")
             continue
-        rows += measure(kind, args.labels, args.train_args, args.rounds, args.timeout, args.data)
+        for launch in [m.strip() for m in args.launch.split(",") if m.strip()]:
+            rows += measure(kind, args.labels, args.train_args, args.rounds, args.timeout, args.data, launch)
     print()
     print(
-        f"{'schema':<8} {'round':>5} {'labels':>6} {'train args':<28} {'START->serving s':>16} {'child s':>8} "
-        f"{'fit s':>6} {'steps':>6} {'load':>10}"
+        f"{'schema':<8} {'launch':<6} {'round':>5} {'labels':>6} {'train args':<28} {'START->serving s':>16} "
+        f"{'child s':>8} {'fit s':>6} {'steps':>6} {'load':>10}"
     )
     for row in rows:
         fit = (row.get("train_phases") or {}).get("fit", float("nan"))
         print(
-            f"{row['schema']:<8} {row['round']:>5} {row['labels']:>6} {row['train_args'][:28]:<28} "
+            f"{row['schema']:<8} {row['launch']:<6} {row['round']:>5} {row['labels']:>6} {row['train_args'][:28]:<28} "
             f"{row['seconds'] if row['served'] else float('nan'):>16.1f} {row.get('job_seconds', float('nan')):>8.1f} "
             f"{fit:>6.1f} {row.get('steps') or 0:>6} {row['load_before']:>4.1f}->{row['load_after']:<4.1f}"
         )
+    for kind in {row["schema"] for row in rows}:
+        served = {r["launch"]: r["seconds"] for r in rows if r["schema"] == kind and r["round"] == 1 and r["served"]}
+        if "warm" in served and "cold" in served:
+            print(
+                f"{kind}: warm launch {served['warm']:.1f} s vs cold launch (baseline, a fresh process per job) "
+                f"{served['cold']:.1f} s: {served['cold'] - served['warm']:.1f} s saved, "
+                f"ratio {served['cold'] / served['warm']:.2f}x"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=1, default=str) + "\n")

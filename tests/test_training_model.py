@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_reliability_support import torch_threads_restored  # noqa: F401 (a fixture)
 from training.calibration import (
     confidence_and_correct,
     expected_calibration_error,
@@ -243,3 +244,41 @@ def test_frozen_lower_layers_get_no_gradients(schema, tokenizer):
     assert fresh.heads["threat_characterization"].weight.grad is not None
     with pytest.raises(ValueError, match="cannot freeze 7 layers: the encoder has 6 layers"):
         freeze_lower_layers(fresh, 7)
+
+
+def _padding_seen_in_training(schema, monkeypatch, group_by_length: bool) -> tuple[int, int, int]:
+    """Train 16 steps (one epoch) on 64 rows of very different lengths; (padded tokens, real tokens, rows) the encoder saw."""
+    from training.trainer import train_model
+    from training.training_args import TrainingArguments
+
+    seen = [0, 0, 0]
+    original = MultiHeadModel.forward
+
+    def spy(self, views, labels=None):
+        if self.training:
+            mask = views["text"]["attention_mask"]
+            seen[0], seen[1], seen[2] = seen[0] + mask.numel(), seen[1] + int(mask.sum()), seen[2] + mask.shape[0]
+        return original(self, views, labels)
+
+    monkeypatch.setattr(MultiHeadModel, "forward", spy)
+    rows = [
+        {
+            "text": " ".join(["word"] * (3 if i % 2 else 40)),
+            "threat_characterization": "genuine" if i % 3 else "manufactured",
+        }
+        for i in range(64)
+    ]
+    args = TrainingArguments(
+        max_steps=16, batch_size=4, max_length=48, progress=False, seed=1, threads=1, group_by_length=group_by_length
+    )
+    train_model({"train": rows}, schema, args)
+    return seen[0], seen[1], seen[2]
+
+
+@pytest.mark.usefixtures("torch_threads_restored")
+def test_length_grouped_batches_pad_less_and_see_every_row(schema, monkeypatch):
+    grouped_padded, grouped_real, grouped_rows = _padding_seen_in_training(schema, monkeypatch, True)
+    random_padded, random_real, random_rows = _padding_seen_in_training(schema, monkeypatch, False)
+    assert grouped_rows == random_rows == 64  # 16 steps x 4 rows: one epoch, every row once either way
+    assert grouped_real == random_real  # the same tokens were trained on ...
+    assert grouped_padded < 0.75 * random_padded  # ... with far less padding (short and long rows not mixed)

@@ -260,6 +260,10 @@ def train(
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency class weights.")
     ] = None,
+    group_by_length: Annotated[
+        bool | None,
+        typer.Option("--group-by-length/--no-group-by-length", help="Batch texts of similar length (less padding)."),
+    ] = None,
     freeze_layers: Annotated[
         int | None, typer.Option(help="Freeze the embeddings and this many lower encoder layers (faster steps).")
     ] = None,
@@ -282,6 +286,7 @@ def train(
         "head_learning_rate": head_learning_rate,
         "early_stopping_patience": patience,
         "class_weights": class_weights,
+        "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,
         "max_length": max_length,

@@ -253,7 +253,8 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
             prediction_loss_only=True,
         )
         keeper = _KeepBest(args.early_stopping_patience, TrainerCallback)
-        trainer = Trainer(
+        trainer = _trainer_class(Trainer)(
+            [_item_tokens(item) for item in train_items] if args.group_by_length else None,
             model=model,
             args=hf_args,
             train_dataset=_Items(train_items),
@@ -283,6 +284,39 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
         device=str(trainer.args.device),
         steps=trainer.state.global_step,
     )
+
+
+def _item_tokens(item: Mapping[str, Any]) -> int:
+    """The tokens an item feeds the encoder, over all its views (what padding to a batch's longest item wastes)."""
+    return sum(len(view["input_ids"]) for view in item["views"].values())
+
+
+def _trainer_class(base: type) -> type:
+    """transformers' Trainer, drawing training batches of similar length when given item lengths.
+
+    Random batches of sample-corpus paragraphs (65 tokens median, 125 max) are padded to 1.56x their real tokens;
+    transformers' LengthGroupedSampler (shuffled mega-batches of 50 batches, sorted by length inside) cuts most of
+    that. Validation batches go shortest first: the loss does not depend on order.
+    """
+
+    class LengthGroupedTrainer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, lengths: list[int] | None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.item_lengths = lengths
+
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 (transformers' signature)
+            if self.item_lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(self.args.train_batch_size, lengths=self.item_lengths)
+
+        def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001, ANN202
+            if self.item_lengths is None:
+                return super()._get_eval_sampler(eval_dataset)
+            return sorted(range(len(eval_dataset)), key=lambda i: _item_tokens(eval_dataset[i]))
+
+    return LengthGroupedTrainer
 
 
 def _optimizer(model: MultiHeadModel, args: TrainingArguments) -> torch.optim.Optimizer:

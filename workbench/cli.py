@@ -189,10 +189,11 @@ def settings_problem(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def main() -> None:
-    """Entry point: run the app and turn user-fixable errors into one line on stderr and exit code 1."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point: run the app on `args` (default: the command line) and turn user-fixable errors into one line on
+    stderr and exit code 1."""
     try:
-        app()
+        app(args=args, prog_name="workbench")
     except WorkbenchError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(1)
