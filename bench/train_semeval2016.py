@@ -373,7 +373,7 @@ def training_arguments(args: argparse.Namespace):
         classifier_dropout=args.dropout,
         early_stopping_patience=args.patience,
         class_weights=not args.no_class_weights,
-        group_by_length=not args.no_group_by_length,
+        group_by_length=args.group_by_length,
         seed=args.train_seed,
         # validation (10%) for early stopping and calibration; our 20% is the real test. The pipeline's own test
         # split is 1%: build_dataset fails on an empty split (datasets.Dataset.from_list([]) with features).
@@ -472,7 +472,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64, help="tokens of target + tweet")
     parser.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs")
     parser.add_argument("--no-class-weights", action="store_true")
-    parser.add_argument("--no-group-by-length", action="store_true", help="random batches (more padding)")
+    parser.add_argument("--group-by-length", action="store_true", help="batches of similar length (less padding)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sizes", default="250,500,1000,all", help="learning-curve sizes ('all' = the whole 80%%)")

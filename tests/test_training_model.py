@@ -247,7 +247,7 @@ def test_frozen_lower_layers_get_no_gradients(schema, tokenizer):
 
 
 def _padding_seen_in_training(schema, monkeypatch, group_by_length: bool) -> tuple[int, int, int]:
-    """Train 16 steps (one epoch) on 64 rows of very different lengths; (padded tokens, real tokens, rows) the encoder saw."""
+    """Train one epoch (16 steps) on 64 rows of very different lengths: (padded tokens, real tokens, rows) seen."""
     from training.trainer import train_model
     from training.training_args import TrainingArguments
 

@@ -262,7 +262,10 @@ def train(
     ] = None,
     group_by_length: Annotated[
         bool | None,
-        typer.Option("--group-by-length/--no-group-by-length", help="Batch texts of similar length (less padding)."),
+        typer.Option(
+            "--group-by-length/--no-group-by-length",
+            help="Batch texts of similar length: faster steps, lower scores measured.",
+        ),
     ] = None,
     freeze_layers: Annotated[
         int | None, typer.Option(help="Freeze the embeddings and this many lower encoder layers (faster steps).")
