@@ -282,3 +282,16 @@ def test_length_grouped_batches_pad_less_and_see_every_row(schema, monkeypatch):
     assert grouped_rows == random_rows == 64  # 16 steps x 4 rows: one epoch, every row once either way
     assert grouped_real == random_real  # the same tokens were trained on ...
     assert grouped_padded < 0.75 * random_padded  # ... with far less padding (short and long rows not mixed)
+
+
+def test_attention_on_cuda_never_uses_cudnn_and_cpu_is_left_alone():
+    from torch.backends import cuda
+
+    from training.modeling import attention_kernels
+
+    with attention_kernels("cpu"):
+        assert cuda.cudnn_sdp_enabled()  # no constraint off CUDA
+    with attention_kernels("cuda:0"):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
+    assert cuda.cudnn_sdp_enabled()  # restored afterwards

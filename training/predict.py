@@ -17,7 +17,15 @@ from annotation_config.regions import Prediction
 from training.calibration import Temperature, load_calibration, sigmoid, softmax
 from training.embedding import on_torch_thread
 from training.encoder import configure_threads, length_buckets
-from training.modeling import BIO, MultiHeadModel, encode_views, pad_views, quiet_transformers, view_of
+from training.modeling import (
+    BIO,
+    MultiHeadModel,
+    attention_kernels,
+    encode_views,
+    pad_views,
+    quiet_transformers,
+    view_of,
+)
 
 MULTI_THRESHOLD = 0.5
 
@@ -146,7 +154,8 @@ def _run_views(
         padded = pad_views(items, tokenizer.pad_token_id or 0)
         offsets = {view_id: tensors.pop("offset_mapping") for view_id, tensors in padded.items()}
         inputs = {v: {k: t.to(device) for k, t in tensors.items()} for v, tensors in padded.items()}
-        logits = model(views=inputs).logits
+        with attention_kernels(device):
+            logits = model(views=inputs).logits
         for dim in dims:
             name = dim["name"]
             if dim["kind"] != "spans":

@@ -20,6 +20,7 @@ from training.modeling import (
     IGNORE,
     MultiHeadConfig,
     MultiHeadModel,
+    attention_kernels,
     encode_views,
     freeze_lower_layers,
     pad_views,
@@ -267,7 +268,8 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
             trainer.remove_callback(PrinterCallback)
             trainer.remove_callback(ProgressCallback)
         fit_started = time.perf_counter()
-        trainer.train()
+        with attention_kernels(device):
+            trainer.train()
         keeper.restore(model)
         phases["fit"] = time.perf_counter() - fit_started
     model.eval()
