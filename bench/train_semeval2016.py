@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,40 +175,22 @@ def svm_reference(train: Sequence[dict], test: Sequence[dict]) -> dict[str, Any]
 def target_probabilities(predictor, schema, tweets: Sequence[dict], batch_size: int = 128):
     """Calibrated probabilities [N, 3] of each tweet's own target question.
 
-    Only the tweet's own (target, text) view is encoded: `run_model` would encode all five views per tweet, five
-    times the work for answers we do not need. The forward pass, tokenization and calibration are the model's own.
+    `run_model(..., labelled_only=True)` encodes each tweet only in the view its own target's question reads (with
+    pair target encoding, one (target, text) pass of five; with late encoding, the one plain pass). The forward
+    pass, tokenization and calibration are the model's own.
     """
     import numpy as np
-    import torch
 
     from training.calibration import Temperature, softmax
-    from training.modeling import view_of
+    from training.predict import run_model
 
-    model, tokenizer = predictor.model, predictor.tokenizer
-    device = next(model.parameters()).device
-    max_length = model.config.max_seq_length
+    names = [dimension_of(schema, tweet["target"]) for tweet in tweets]
+    records = [{schema.data.text: tweet["text"], name: "asked"} for tweet, name in zip(tweets, names, strict=True)]
+    outputs = run_model(predictor.model, predictor.tokenizer, records, batch_size=batch_size, labelled_only=True)
     out = np.zeros((len(tweets), 3), dtype=np.float64)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, tweet in enumerate(tweets):
-        groups[dimension_of(schema, tweet["target"])].append(i)
-    for name, indices in groups.items():
-        dim = model.config.dimension(name)
-        view = view_of(dim)
+    for i, name in enumerate(names):
         temperature = predictor.temperatures.get(name, Temperature()).temperature
-        indices = sorted(indices, key=lambda i: len(tweets[i]["text"]))
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            enc = tokenizer(
-                [view.target] * len(chunk),
-                [tweets[i]["text"] for i in chunk],
-                truncation="only_second",
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            with torch.inference_mode():
-                logits = model(views={view.id: {k: v.to(device) for k, v in enc.items()}}).logits[name]
-            out[chunk] = softmax(logits.float().cpu().numpy(), temperature)
+        out[i] = softmax(outputs.logits[name][i : i + 1], temperature)[0]
     return out
 
 
@@ -374,6 +356,7 @@ def training_arguments(args: argparse.Namespace):
         early_stopping_patience=args.patience,
         class_weights=not args.no_class_weights,
         group_by_length=args.group_by_length,
+        target_encoding=args.target_encoding,
         seed=args.train_seed,
         # validation (10%) for early stopping and calibration; our 20% is the real test. The pipeline's own test
         # split is 1%: build_dataset fails on an empty split (datasets.Dataset.from_list([]) with features).
@@ -473,6 +456,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs")
     parser.add_argument("--no-class-weights", action="store_true")
     parser.add_argument("--group-by-length", action="store_true", help="batches of similar length (less padding)")
+    parser.add_argument("--target-encoding", default="pair", choices=["pair", "late"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sizes", default="250,500,1000,all", help="learning-curve sizes ('all' = the whole 80%%)")

@@ -295,3 +295,37 @@ def test_attention_on_cuda_never_uses_cudnn_and_cpu_is_left_alone():
         assert not cuda.cudnn_sdp_enabled()
         assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
     assert cuda.cudnn_sdp_enabled()  # restored afterwards
+
+
+def test_late_target_encoding_runs_one_pass_and_each_target_attends_its_own_way(schema, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = MultiHeadModel.from_encoder(schema, max_seq_length=48, target_encoding="late").eval()
+    assert [v.id for v in model.config.views] == ["text"]  # one encoder pass per text instead of four
+    stance = [d.name for d in schema.dimensions if d.target]
+    assert sorted(model.target_queries) == sorted(stance)
+    queries = [model.target_queries[name] for name in stance]
+    assert all(q.abs().sum() > 0 for q in queries)  # started at each target name's embedding, not zeros
+    assert not torch.equal(queries[0], queries[1])
+    batch = pad_views(encode_views(tokenizer, model.config, TEXTS))
+    views = {k: {n: t for n, t in v.items() if n != "offset_mapping"} for k, v in batch.items()}
+    model.save_pretrained(tmp_path)
+    loaded = MultiHeadModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.target_encoding == "late" and [v.id for v in loaded.config.views] == ["text"]
+    with torch.inference_mode():
+        before, after = model(views=views).logits, loaded(views=views).logits
+    for dim in schema.dimensions:
+        assert torch.equal(before[dim.name], after[dim.name]), dim.name
+    # the attention weights differ per target: the same text gets a different pooled vector for each target
+    from training.modeling import _attend
+
+    with torch.inference_mode():
+        hidden = model.encoder(**views["text"]).last_hidden_state
+        pooled = [_attend(hidden, views["text"]["attention_mask"], q) for q in queries]
+    assert not torch.allclose(pooled[0], pooled[1])
+
+
+def test_an_unknown_target_encoding_is_refused():
+    from training.training_args import TrainingArguments
+
+    with pytest.raises(ValueError, match="target-encoding must be pair or late"):
+        TrainingArguments(target_encoding="cross")

@@ -288,3 +288,17 @@ def test_bad_training_options_exit_with_one_line(trained, tmp_path, option, mess
     assert code == 1
     assert_one_error_line(err, message)
     assert not models.exists() or not any(models.iterdir())  # nothing registered
+
+
+def test_late_target_encoding_trains_registers_and_serves_every_dimension(schema, tmp_path):
+    from dataclasses import replace
+
+    args = replace(TINY, target_encoding="late", epochs=1)
+    outcome = run_training(synthetic_export(), schema, tmp_path / "models", args, source="synthetic")
+    assert outcome.status == "trained" and outcome.promoted
+    manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
+    assert manifest["hyperparameters"]["target_encoding"] == "late"
+    predictor = TrainedPredictor(outcome.model_dir)
+    (prediction,) = predictor.predict([synthetic_export(1)[0]["data"]])
+    for dim in schema.of_kind("single"):
+        assert prediction.labels[dim.name] in dim.values and 0 < prediction.scores[dim.name] <= 1

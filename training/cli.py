@@ -260,6 +260,10 @@ def train(
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency class weights.")
     ] = None,
+    target_encoding: Annotated[
+        str | None,
+        typer.Option(help="pair: one (target, text) pass per target; late: one pass per text, per-target attention."),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -289,6 +293,7 @@ def train(
         "head_learning_rate": head_learning_rate,
         "early_stopping_patience": patience,
         "class_weights": class_weights,
+        "target_encoding": target_encoding,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,

@@ -13,6 +13,12 @@ set of stance heads that read the target (the alternative, one pass with per-tar
 share knowledge across targets nor take a new target without new data). In training, a pair pass only runs on the
 rows that carry a label for one of its dimensions, so sparsely labelled targets cost little.
 
+Target encoding "late" (opt-in, `--target-encoding late`) is that cheaper alternative: every dimension of a field
+reads the one plain pass, and a targeted single/multi-choice head reads [mean of the tokens; the tokens attended
+with its own query vector], the query starting at the encoder's embedding of the target's name. One pass per text
+whatever the number of targets (the sample schema: 1 instead of 4), at the cost of the target never meeting the
+text inside the encoder.
+
 Labels for the loss, per dimension (missing labels are masked, never negatives):
   single: LongTensor [B], -100 when missing
   multi:  FloatTensor [B, L] of 0/1, rows of -1 when missing
@@ -37,6 +43,12 @@ from training.encoder import DEFAULT_ENCODER, resolve_encoder_path
 
 IGNORE = -100
 BIO = ("O", "B", "I")
+TARGET_ENCODINGS = ("pair", "late")
+
+
+def attends_to_target(dim: Mapping[str, Any]) -> bool:
+    """Whether a dimension is targeted but reads the plain pass ("late" target encoding, single or multi choice)."""
+    return bool(dim.get("target")) and not view_of(dim).target and dim["kind"] != "spans"
 
 
 class MultiHeadConfig(PretrainedConfig):
@@ -56,6 +68,7 @@ class MultiHeadConfig(PretrainedConfig):
         schema_name: str = "",
         schema_hash: str = "",
         initializer_range: float = 0.02,
+        target_encoding: str = "pair",
         **kwargs: Any,
     ) -> None:
         self.dimensions = list(dimensions or [])
@@ -68,11 +81,16 @@ class MultiHeadConfig(PretrainedConfig):
         self.schema_name = schema_name
         self.schema_hash = schema_hash
         self.initializer_range = initializer_range
+        self.target_encoding = target_encoding  # "pair" or "late" (see the module docstring)
         super().__init__(**kwargs)
 
     @classmethod
-    def from_schema(cls, schema: Schema, encoder: str | None = None, **kwargs: Any) -> MultiHeadConfig:
+    def from_schema(
+        cls, schema: Schema, encoder: str | None = None, target_encoding: str = "pair", **kwargs: Any
+    ) -> MultiHeadConfig:
         """A config for this schema, with the encoder's own config embedded (no download needed to rebuild it)."""
+        if target_encoding not in TARGET_ENCODINGS:
+            raise ValueError(f"target encoding must be one of {', '.join(TARGET_ENCODINGS)} (got {target_encoding!r})")
         encoder_config = AutoConfig.from_pretrained(resolve_encoder_path(encoder)).to_dict()
         dimensions = [
             {
@@ -81,11 +99,14 @@ class MultiHeadConfig(PretrainedConfig):
                 "labels": d.values,
                 "field": d.field or schema.data.text,
                 "target": {"id": d.target.id, "name": d.target.name} if d.target else None,
+                # late: a targeted dimension reads the plain text pass and attends to it with its own query
+                "paired": bool(d.target) and target_encoding == "pair",
             }
             for d in schema.dimensions
         ]
         return cls(
             dimensions=dimensions,
+            target_encoding=target_encoding,
             encoder_name=str(encoder or DEFAULT_ENCODER),
             encoder_config=encoder_config,
             text_field=schema.data.text,
@@ -140,7 +161,7 @@ class View:
 def view_of(dim: Mapping[str, Any]) -> View:
     """The view a dimension reads."""
     target = dim.get("target")
-    if target:
+    if target and dim.get("paired", True):  # models saved before "late" existed have no "paired": pair
         return View(f"{dim['field']}|{target['id']}", dim["field"], target["name"])
     return View(dim["field"], dim["field"])
 
@@ -214,10 +235,16 @@ class MultiHeadModel(PreTrainedModel):
         hidden = self.encoder.config.hidden_size
         self.dropout = nn.Dropout(config.classifier_dropout)
         heads = {}
+        queries = {}
         for dim in config.dimensions:
             width = len(dim["labels"]) * (len(BIO) if dim["kind"] == "spans" else 1)
-            heads[dim["name"]] = nn.Linear(hidden, width)
+            if attends_to_target(dim):  # [text mean; text attended with the target's query]
+                heads[dim["name"]] = nn.Linear(2 * hidden, width)
+                queries[dim["name"]] = nn.Parameter(torch.zeros(hidden))
+            else:
+                heads[dim["name"]] = nn.Linear(hidden, width)
         self.heads = nn.ModuleDict(heads)
+        self.target_queries = nn.ParameterDict(queries)
         self._views = config.views
         self._by_view = {view.id: [d for d in config.dimensions if view_of(d).id == view.id] for view in self._views}
         self.post_init()
@@ -231,8 +258,29 @@ class MultiHeadModel(PreTrainedModel):
     def with_encoder(cls, config: MultiHeadConfig, encoder: str | None = None) -> MultiHeadModel:
         """A model for `config` with freshly initialised heads and the pretrained weights of `encoder`."""
         model = cls(config)
-        model.encoder = _build_encoder(path=resolve_encoder_path(encoder or config.encoder_name))
+        path = resolve_encoder_path(encoder or config.encoder_name)
+        model.encoder = _build_encoder(path=path)
+        if len(model.target_queries):
+            model.init_target_queries(path)
         return model
+
+    @torch.no_grad()
+    def init_target_queries(self, encoder_path: str) -> None:
+        """Start each late-encoded dimension's query at the encoder's embedding of its target's name, so it first
+        attends to the words that resemble the target (zeros would attend to every token alike)."""
+        from transformers import AutoTokenizer
+
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        for name in self.target_queries:
+            target = self.config.dimension(name)["target"]["name"]
+            inputs = tokenizer([target], return_tensors="pt")
+            inputs = {k: v.to(self.target_queries[name].device) for k, v in inputs.items() if k != "token_type_ids"}
+            hidden = self.encoder(**inputs).last_hidden_state[0]
+            self.target_queries[name].copy_(hidden.mean(0))
+        self.encoder.train(was_training)
 
     def forward(
         self,
@@ -269,6 +317,9 @@ class MultiHeadModel(PreTrainedModel):
                 name, kind = dim["name"], dim["kind"]
                 if kind == "spans":
                     out = self.heads[name](tokens).view(hidden.shape[0], length, len(dim["labels"]), len(BIO))
+                elif name in self.target_queries:
+                    attended = self.dropout(_attend(hidden, sub["attention_mask"], self.target_queries[name]))
+                    out = self.heads[name](torch.cat([pooled, attended], dim=-1))
                 else:
                     out = self.heads[name](pooled)
                 if labels is not None and name in labels:
@@ -333,6 +384,14 @@ def freeze_lower_layers(model: MultiHeadModel, count: int) -> int:
         for param in module.parameters():
             param.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _attend(hidden: torch.Tensor, attention_mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The tokens' states averaged with softmax weights from their scaled dot product with `query` (padding: 0)."""
+    scores = hidden @ query.to(hidden.dtype) / hidden.shape[-1] ** 0.5
+    scores = scores.masked_fill(attention_mask == 0, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=1).unsqueeze(-1)
+    return (weights * hidden).sum(1)
 
 
 def _labelled_rows(

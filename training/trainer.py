@@ -210,7 +210,11 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.encoder)
     config = MultiHeadConfig.from_schema(
-        schema, args.encoder, classifier_dropout=args.classifier_dropout, max_seq_length=args.max_length
+        schema,
+        args.encoder,
+        target_encoding=args.target_encoding,
+        classifier_dropout=args.classifier_dropout,
+        max_seq_length=args.max_length,
     )
     train_items = featurize(train_rows, config, tokenizer)
     val_items = featurize(val_rows, config, tokenizer) if val_rows else []

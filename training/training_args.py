@@ -33,6 +33,7 @@ class TrainingArguments:
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
     threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
+    target_encoding: str = "pair"  # "pair": (target, text) passes; "late": one pass, per-target attention heads
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
@@ -56,6 +57,8 @@ class TrainingArguments:
             problems.append(f"freeze-layers must be >= 0 (got {self.freeze_layers})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be >= 1 (got {self.threads})")
+        if self.target_encoding not in ("pair", "late"):
+            problems.append(f"target-encoding must be pair or late (got {self.target_encoding!r})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if problems:
