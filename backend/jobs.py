@@ -194,6 +194,7 @@ class JobRunner:
         self._process: Job | None = None
         self._closed = False  # after stop(): no new jobs (a follow-up must not start during shutdown)
         self._ended = threading.Event()  # set when the running job's end is published (only _wait waits on a job)
+        self._consumed = 0  # new annotations counted before the running job started (its data includes them)
         self.status = JobStatus()
         # How jobs start: "cold" (a fresh process each), "warming" (the warm worker is importing), "warm", or why
         # the warm worker is not there (jobs then start anyway, only slower).
@@ -257,6 +258,7 @@ class JobRunner:
         args, extra_env = self._command(project)
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"train-{time.strftime('%Y%m%dT%H%M%S')}-{self.status.jobs_started + 1}.log"
+        self._consumed = self.status.new_annotations  # from now on the counter counts what this job cannot see
         self.status = JobStatus(
             state="running",
             reason=reason,
@@ -264,7 +266,6 @@ class JobRunner:
             started_at=time.time(),
             jobs_started=self.status.jobs_started + 1,
             requests=self.status.requests,
-            new_annotations=self.status.new_annotations,
             log_file=str(log_path),
             launcher=self._launcher.name,
             history=self.status.history,
@@ -298,8 +299,9 @@ class JobRunner:
         self.status.state = state
         self.status.finished_at = time.time()
         self.status.error = error
-        if state == "succeeded":
-            self.status.new_annotations = 0
+        if state == "failed":  # the annotations it was to learn from are still new
+            self.status.new_annotations += self._consumed
+        self._consumed = 0
         self.status.history.append(
             {"state": state, "reason": self.status.reason, "error": error, "log": str(log_path) if log_path else None}
         )

@@ -88,3 +88,25 @@ def test_the_token_reaches_the_job_through_its_environment_and_stop_ends_it(kind
     assert time.monotonic() - started < 12
     assert status["state"] == "failed" and "code -15" in status["error"], status  # SIGTERM
     assert token not in Path(status["log_file"]).read_text()
+
+
+def test_annotations_arriving_during_a_job_stay_new_and_a_failed_job_gives_its_own_back(tmp_path):
+    from annotation_config.schema import DEFAULT_SCHEMA_PATH
+
+    schema = {"path": DEFAULT_SCHEMA_PATH}
+    runner = JobRunner(
+        lambda project: (["config", "validate", "--schema", str(schema["path"])], {}),
+        tmp_path / "logs",
+        train_every=2,
+        launcher=WarmLauncher(),
+    )
+    assert runner.annotation_changed("1") == "recorded"
+    assert runner.annotation_changed("1") == "queued"  # the second one reaches train_every: a job starts
+    assert runner.snapshot()["new_annotations"] == 0  # the job learns from those two
+    assert runner.annotation_changed("1") == "recorded"  # arrives while it runs (or just after): still new
+    status = finished(runner)
+    assert status["state"] == "succeeded" and status["new_annotations"] == 1
+    schema["path"] = tmp_path / "missing.yaml"  # the next job fails
+    assert runner.annotation_changed("1") == "queued"
+    status = finished(runner)
+    assert status["state"] == "failed" and status["new_annotations"] == 2  # nothing was learnt: they stay new
