@@ -40,10 +40,10 @@ from transformers.utils import ModelOutput
 
 from annotation_config.schema import Schema
 from training.encoder import DEFAULT_ENCODER, resolve_encoder_path
+from training.training_args import TARGET_ENCODINGS
 
 IGNORE = -100
 BIO = ("O", "B", "I")
-TARGET_ENCODINGS = ("pair", "late")
 
 
 def attends_to_target(dim: Mapping[str, Any]) -> bool:

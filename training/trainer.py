@@ -324,7 +324,7 @@ def _trainer_class(base: type) -> type:
     """transformers' Trainer, drawing training batches of similar length when given item lengths (--group-by-length).
 
     Validation batches go shortest first: the loss does not depend on order. Off by default: on the sample corpus it
-    cut an epoch's fit by 11-28% but scored 0.04-0.06 lower after one epoch (two seeds; BENCHMARKS.md).
+    cut START -> serving by 11-26% but scored 0.04-0.06 lower after one epoch (two seeds; BENCHMARKS.md).
     """
 
     class LengthGroupedTrainer(base):  # type: ignore[misc, valid-type]

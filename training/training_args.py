@@ -7,6 +7,8 @@ from typing import Any
 
 from training.encoder import DEFAULT_ENCODER
 
+TARGET_ENCODINGS = ("pair", "late")  # see training/modeling.py
+
 
 @dataclass
 class TrainingArguments:
@@ -57,8 +59,8 @@ class TrainingArguments:
             problems.append(f"freeze-layers must be >= 0 (got {self.freeze_layers})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be >= 1 (got {self.threads})")
-        if self.target_encoding not in ("pair", "late"):
-            problems.append(f"target-encoding must be pair or late (got {self.target_encoding!r})")
+        if self.target_encoding not in TARGET_ENCODINGS:
+            problems.append(f"target-encoding must be {' or '.join(TARGET_ENCODINGS)} (got {self.target_encoding!r})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if problems:
