@@ -4,7 +4,15 @@ VENV := .venv
 LS_VENV := .venv-ls
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint clean
+.PHONY: install up test lint shell-scripts clean
+
+# Every tracked shell script, found anew on each run so that a new one is checked too: *.sh, .ci/run, and any file
+# whose first line is a sh or bash shebang.
+list_shell_scripts = git ls-files | while IFS= read -r f; do \
+	[ -f "$$f" ] || continue; \
+	case "$$f" in *.sh|.ci/run) echo "$$f"; continue;; esac; \
+	if head -n 1 "$$f" | grep -qE '^\#!.*[/ ](ba|da)?sh( |$$)'; then echo "$$f"; fi; \
+	done
 
 install: $(VENV)/.installed $(LS_VENV)/.installed
 
@@ -26,11 +34,19 @@ up: install
 
 test: install
 	bash scripts/install-system-packages.sh
-	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck is missing; run bash scripts/install-system-packages.sh" >&2; exit 1; }
+	@files="$$($(list_shell_scripts))"; \
+	[ -n "$$files" ] || { echo "make lint: no shell scripts found (is this a git checkout?)" >&2; exit 1; }; \
+	echo "shellcheck" $$files; \
+	printf '%s\n' "$$files" | xargs -d '\n' shellcheck
+
+shell-scripts:
+	@$(list_shell_scripts)
 
 clean:
 	rm -rf $(VENV) $(LS_VENV)

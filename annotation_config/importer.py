@@ -21,8 +21,11 @@ Label Studio JSON exports keep their tasks and annotations (drafts and predictio
 are read with `datasets.load_dataset` (by default the `aggregated` configuration when there is one); class-label
 columns are turned back into label names and -1 into "not answered".
 
-Rows are located by line number (CSV, JSON lines), item index (a JSON array) or `split[row]` (datasets). A file with
-any rejected row imports nothing unless `skip_invalid` is set. Tasks whose key the project already holds are skipped,
+Rows are located by line number (CSV, JSON lines), item index (a JSON array) or `split[row]` (datasets). Every row
+is either read or rejected with its location: fields of any length are read in full (the csv module's 128 KiB field
+limit is lifted while a file is read), and a row whose labelled text field is longer than WORKBENCH_MAX_TEXT_CHARS
+(the backend's limit, default 20000) is rejected. A file with any rejected row imports nothing unless `skip_invalid`
+is set. Tasks whose key the project already holds are skipped,
 except that a task with no labels yet (say, provisioned earlier) gets the file's labels when its text is the same.
 Label Studio cannot store "answered, nothing ticked" apart from "not answered" for multi choice and spans: both come
 back from Label Studio as an empty answer.
@@ -34,9 +37,12 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,10 @@ EXPORT_ONLY_COLUMNS = ("n_annotators", "split", "result_error")
 MODEL_VERSION = "import"
 ANNOTATOR_DOMAIN = "annotators.invalid"  # e-mail domain of users made for imported annotators (RFC 2606)
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f", ""}
+MAX_TEXT_CHARS_ENV = "WORKBENCH_MAX_TEXT_CHARS"
+DEFAULT_MAX_TEXT_CHARS = 20_000  # the backend's default (backend.settings.Settings.max_text_chars)
+# csv.field_size_limit is process-wide: one lock, so two reads cannot restore it under each other's feet.
+_CSV_LIMIT_LOCK = threading.Lock()
 
 
 class ImportFileError(WorkbenchError):
@@ -116,6 +126,7 @@ class ParsedFile:
     duplicates: list[Problem] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
     derived_keys: bool = False
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # longer labelled text fields are rejected rows
     _by_key: dict[str, TaskIn] = field(default_factory=dict, repr=False)
 
     @property
@@ -144,11 +155,31 @@ class ImportResult:
 # ---- reading ----
 
 
-def read_file(path: str | Path, schema: Schema, config: str | None = None) -> ParsedFile:
-    """Read and validate a CSV, JSON-lines, Label Studio JSON export or dataset folder; never touches Label Studio."""
+def max_text_chars_from_env() -> int:
+    """The longest labelled text accepted: WORKBENCH_MAX_TEXT_CHARS, as the backend reads it (default 20000)."""
+    raw = os.environ.get(MAX_TEXT_CHARS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_TEXT_CHARS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImportFileError(f"{MAX_TEXT_CHARS_ENV} must be a whole number of at least 1, got {raw!r}")
+    return value
+
+
+def read_file(
+    path: str | Path, schema: Schema, config: str | None = None, *, max_text_chars: int | None = None
+) -> ParsedFile:
+    """Read and validate a CSV, JSON-lines, Label Studio JSON export or dataset folder; never touches Label Studio.
+
+    `max_text_chars` (default: WORKBENCH_MAX_TEXT_CHARS) bounds the labelled text fields; a longer one rejects its row.
+    """
     path = Path(path)
+    limit = max_text_chars_from_env() if max_text_chars is None else max_text_chars
     if path.is_dir():
-        return _read_dataset_folder(path, schema, config)
+        return _read_dataset_folder(path, schema, config, limit)
     if not path.exists():
         raise ImportFileError(f"{path}: no such file or folder")
     try:
@@ -158,15 +189,15 @@ def read_file(path: str | Path, schema: Schema, config: str | None = None) -> Pa
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
-        return _read_csv(path, text, schema, delimiter="\t" if suffix == ".tsv" else ",")
+        return _read_csv(path, text, schema, delimiter="\t" if suffix == ".tsv" else ",", limit=limit)
     if suffix in {".jsonl", ".ndjson"}:
-        return _read_json_lines(path, text, schema)
+        return _read_json_lines(path, text, schema, limit)
     if suffix == ".json" or text.lstrip().startswith(("[", "{")):
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
-            return _read_json_lines(path, text, schema)
-        return _read_json_document(path, document, schema)
+            return _read_json_lines(path, text, schema, limit)
+        return _read_json_document(path, document, schema, limit)
     raise ImportFileError(f"{path}: unknown format; use .csv, .tsv, .jsonl, .json or a dataset folder")
 
 
@@ -187,16 +218,50 @@ def _bad_cell(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _read_csv(path: Path, text: str, schema: Schema, delimiter: str) -> ParsedFile:
-    parsed = ParsedFile(path, "csv")
-    stream = io.StringIO(text, newline="")
-    reader = csv.reader(stream, delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ImportFileError(f"{path}: the file is empty; expected a header row") from None
-    except csv.Error as error:
-        raise ImportFileError(f"{path}:1: {error}") from None
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """Raise the csv module's field size limit to at least `limit` characters for one read, then restore it."""
+    with _CSV_LIMIT_LOCK:
+        old = csv.field_size_limit()
+        csv.field_size_limit(max(old, min(limit, 2**31 - 1)))  # a C long: 32 bits on Windows
+        try:
+            yield
+        finally:
+            csv.field_size_limit(old)
+
+
+def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and every record with the line it starts on; a CSV the reader cannot follow is a file error."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # No field can be longer than the file: with that limit the reader never stops at a long field (the csv
+    # module's default, 128 KiB, ended the read there and every later row vanished).
+    with _csv_field_limit(len(text) + 1):
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ImportFileError(f"{path}: the file is empty; expected a header row") from None
+        except csv.Error as error:
+            raise ImportFileError(f"{path}:1: {error}") from None
+        records: list[tuple[int, list[str]]] = []
+        line = reader.line_num
+        while True:
+            start = line + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # the reader lost its place: rows after this one cannot be trusted
+                raise ImportFileError(
+                    f"{path}: line {start}: broken CSV ({error}); the rows after it cannot be read, nothing imported"
+                ) from None
+            line = reader.line_num
+            records.append((start, cells))
+    return header, records
+
+
+def _read_csv(path: Path, text: str, schema: Schema, delimiter: str, limit: int) -> ParsedFile:
+    parsed = ParsedFile(path, "csv", max_text_chars=limit)
+    header, records = _csv_records(path, text, delimiter)
     bad = _bad_bytes("".join(header))
     if bad:
         raise ImportFileError(f"{path}:1: the header is {bad}; save the file as UTF-8")
@@ -204,17 +269,7 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str) -> ParsedFi
     columns = set(header)
     _check_columns(parsed, columns, schema)
     rows: list[tuple[str, dict[str, Any] | Problem]] = []
-    line = reader.line_num
-    while True:
-        start = line + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:
-            rows.append((f"line {start}", Problem(f"line {start}", f"broken CSV ({error})")))
-            break
-        line = reader.line_num
+    for start, cells in records:
         if not cells or not any(c.strip() for c in cells):
             continue
         where = f"line {start}"
@@ -225,7 +280,7 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str) -> ParsedFi
     return _collect(parsed, rows, schema, columns, from_text=True)
 
 
-def _read_json_lines(path: Path, text: str, schema: Schema) -> ParsedFile:
+def _read_json_lines(path: Path, text: str, schema: Schema, limit: int) -> ParsedFile:
     items: list[tuple[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -239,17 +294,18 @@ def _read_json_lines(path: Path, text: str, schema: Schema) -> ParsedFile:
             items.append((where, json.loads(line)))
         except json.JSONDecodeError as error:
             items.append((where, Problem(where, f"invalid JSON ({error.msg} at column {error.colno})")))
-    return _read_items(ParsedFile(path, "jsonl"), items, schema)
+    return _read_items(ParsedFile(path, "jsonl", max_text_chars=limit), items, schema)
 
 
-def _read_json_document(path: Path, document: Any, schema: Schema) -> ParsedFile:
+def _read_json_document(path: Path, document: Any, schema: Schema, limit: int) -> ParsedFile:
     if isinstance(document, dict) and isinstance(document.get("tasks"), list):
         document = document["tasks"]
     if isinstance(document, dict):
         document = [document]
     if not isinstance(document, list):
         raise ImportFileError(f"{path}: expected a JSON list of tasks or rows")
-    return _read_items(ParsedFile(path, "json"), [(f"item [{i}]", item) for i, item in enumerate(document)], schema)
+    items = [(f"item [{i}]", item) for i, item in enumerate(document)]
+    return _read_items(ParsedFile(path, "json", max_text_chars=limit), items, schema)
 
 
 def _read_items(parsed: ParsedFile, items: list[tuple[str, Any]], schema: Schema) -> ParsedFile:
@@ -297,7 +353,14 @@ def _collect(
             parsed.rejected.append(Problem(where, bad))
             continue
         try:
-            task = _flat_row(row, schema, where, from_text=from_text, derive_key=parsed.derived_keys)
+            task = _flat_row(
+                row,
+                schema,
+                where,
+                from_text=from_text,
+                derive_key=parsed.derived_keys,
+                max_chars=parsed.max_text_chars,
+            )
         except _RowError as error:
             parsed.rejected.append(Problem(where, str(error)))
             continue
@@ -321,7 +384,15 @@ def _gather(parsed: ParsedFile, task: TaskIn, long_format: bool) -> None:
         parsed.duplicates.append(Problem(task.where, f"duplicate of {first.where} (key {task.key!r}): skipped"))
 
 
-def _flat_row(row: Mapping[str, Any], schema: Schema, where: str, *, from_text: bool, derive_key: bool) -> TaskIn:
+def _flat_row(
+    row: Mapping[str, Any],
+    schema: Schema,
+    where: str,
+    *,
+    from_text: bool,
+    derive_key: bool,
+    max_chars: int = DEFAULT_MAX_TEXT_CHARS,
+) -> TaskIn:
     text = row.get(schema.data.text)
     if text is None or (isinstance(text, str) and not text.strip()):
         raise _RowError(f"no value for the text field {schema.data.text!r}")
@@ -339,6 +410,13 @@ def _flat_row(row: Mapping[str, Any], schema: Schema, where: str, *, from_text: 
         raise _RowError(f"no value for the key field {schema.data.key!r}")
     data[schema.data.key] = str(key)
     data = task_data(data, schema)
+    # The fields the backend predicts on, measured as Label Studio stores them: a longer one would get a 413 there.
+    for name in dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]):
+        value = data.get(name)
+        if isinstance(value, str) and len(value) > max_chars:
+            raise _RowError(
+                f"field {name!r} has {len(value)} characters; the limit is {max_chars} ({MAX_TEXT_CHARS_ENV})"
+            )
     labels: dict[str, Any] = {}
     for dim in schema.dimensions:
         if dim.name not in row:
@@ -446,7 +524,7 @@ def _read_label_studio(parsed: ParsedFile, items: list[tuple[str, Any]], schema:
             parsed.rejected.append(item)
             continue
         try:
-            task = _label_studio_task(item, schema, where, derive_key=not keyed)
+            task = _label_studio_task(item, schema, where, derive_key=not keyed, max_chars=parsed.max_text_chars)
         except _RowError as error:
             parsed.rejected.append(Problem(where, str(error)))
             continue
@@ -454,7 +532,7 @@ def _read_label_studio(parsed: ParsedFile, items: list[tuple[str, Any]], schema:
     return parsed
 
 
-def _label_studio_task(item: Any, schema: Schema, where: str, *, derive_key: bool) -> TaskIn:
+def _label_studio_task(item: Any, schema: Schema, where: str, *, derive_key: bool, max_chars: int) -> TaskIn:
     if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
         raise _RowError("expected a task object with a 'data' object")
     row = dict(item["data"])
@@ -462,7 +540,7 @@ def _label_studio_task(item: Any, schema: Schema, where: str, *, derive_key: boo
     if bad:
         raise _RowError(bad)
     fields = {k: v for k, v in row.items() if k in schema.data.all_fields}
-    task = _flat_row(fields, schema, where, from_text=False, derive_key=derive_key)
+    task = _flat_row(fields, schema, where, from_text=False, derive_key=derive_key, max_chars=max_chars)
     for extra, value in row.items():  # Label Studio keeps any data field: so do we
         task.data.setdefault(extra, value)
     for i, annotation in enumerate(item.get("annotations") or []):
@@ -503,7 +581,7 @@ def dataset_configs(folder: Path) -> list[str]:
     return [c["config_name"] for c in configs if isinstance(c, dict) and c.get("config_name")]
 
 
-def _read_dataset_folder(folder: Path, schema: Schema, config: str | None) -> ParsedFile:
+def _read_dataset_folder(folder: Path, schema: Schema, config: str | None, limit: int) -> ParsedFile:
     import datasets
 
     configs = dataset_configs(folder)
@@ -511,7 +589,7 @@ def _read_dataset_folder(folder: Path, schema: Schema, config: str | None) -> Pa
         config = "aggregated" if "aggregated" in configs else (configs[0] if len(configs) == 1 else None)
     elif configs and config not in configs:
         raise ImportFileError(f"{folder}: no configuration {config!r}; it has {', '.join(configs)}")
-    parsed = ParsedFile(folder, f"dataset:{config or 'default'}")
+    parsed = ParsedFile(folder, f"dataset:{config or 'default'}", max_text_chars=limit)
     rows: list[tuple[str, dict[str, Any] | Problem]] = []
     columns: set[str] = set()
     # A throw-away cache and rows in memory: reading labelled data must not leave copies in ~/.cache.

@@ -135,3 +135,67 @@ def test_bad_values_are_rejected_with_a_reason(tmp_path, schema, content, reason
     parsed = read_file(path, schema)
     assert len(parsed.rejected) == 1 and parsed.rejected[0].where == "line 1"
     assert reason in parsed.rejected[0].reason
+
+
+def _csv_with_a_long_text(path: Path, rows: int, long_row: int, chars: int) -> None:
+    """A CSV of `rows` data rows (header on line 1, data row i on line i + 1); row `long_row` holds `chars` chars."""
+    lines = ["key,text,frames"]
+    for i in range(1, rows + 1):
+        text = "x" * chars if i == long_row else f"Paragraph {i}."
+        lines.append(f"k{i},{text},Economic")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_a_field_over_the_csv_limit_is_one_rejected_row_and_every_later_row_is_read(tmp_path, schema, monkeypatch):
+    import csv
+
+    monkeypatch.delenv("WORKBENCH_MAX_TEXT_CHARS", raising=False)
+    path = tmp_path / "long.csv"
+    _csv_with_a_long_text(path, rows=1002, long_row=2, chars=200 * 1024)  # over the csv module's 128 KiB
+    before = csv.field_size_limit()
+    parsed = read_file(path, schema)
+    assert csv.field_size_limit() == before  # the process-wide limit is restored
+    assert parsed.rows == 1002 and len(parsed.tasks) == 1001
+    assert [str(p) for p in parsed.rejected] == [
+        "line 3: field 'text' has 204800 characters; the limit is 20000 (WORKBENCH_MAX_TEXT_CHARS)"
+    ]
+    assert parsed.tasks[-1].key == "k1002" and parsed.tasks[-1].annotations[0].labels == {"frames": ["Economic"]}
+
+
+def test_without_skip_invalid_a_too_long_text_imports_nothing_and_names_its_line(tmp_path, capsys, monkeypatch):
+    from annotation_config.importer import ImportFileError
+    from training.exchange_cli import import_command
+
+    monkeypatch.delenv("WORKBENCH_MAX_TEXT_CHARS", raising=False)
+    path = tmp_path / "long.csv"
+    _csv_with_a_long_text(path, rows=1002, long_row=2, chars=200 * 1024)
+    # Port 9 (discard) is closed: had the command gone on to import, the error would be "could not connect".
+    with pytest.raises(ImportFileError, match=r"1 of 1002 rows rejected; nothing imported .* other 1001 tasks"):
+        import_command(path, ls_url="http://127.0.0.1:9", api_key="k")
+    assert "long.csv: line 3: field 'text' has 204800 characters; the limit is 20000" in capsys.readouterr().err
+
+
+def test_long_fields_are_read_in_full_up_to_the_configured_limit(tmp_path, schema, monkeypatch):
+    from annotation_config.importer import ImportFileError
+
+    path = tmp_path / "long.csv"
+    _csv_with_a_long_text(path, rows=3, long_row=2, chars=200 * 1024)
+    monkeypatch.setenv("WORKBENCH_MAX_TEXT_CHARS", str(200 * 1024))
+    parsed = read_file(path, schema)
+    assert not parsed.rejected and len(parsed.tasks[1].data["text"]) == 200 * 1024
+    assert len(read_file(path, schema, max_text_chars=1000).rejected) == 1  # the parameter wins over the variable
+    monkeypatch.setenv("WORKBENCH_MAX_TEXT_CHARS", "lots")
+    with pytest.raises(ImportFileError, match="WORKBENCH_MAX_TEXT_CHARS must be a whole number of at least 1"):
+        read_file(path, schema)
+
+
+def test_json_lines_reject_a_too_long_text_by_line_and_keep_the_rest(tmp_path, schema, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MAX_TEXT_CHARS", "100")
+    path = tmp_path / "rows.jsonl"
+    rows = [{"key": f"k{i}", "text": "y" * (101 if i == 2 else 10)} for i in range(1, 5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert [str(p) for p in parsed.rejected] == [
+        "line 2: field 'text' has 101 characters; the limit is 100 (WORKBENCH_MAX_TEXT_CHARS)"
+    ]
+    assert [t.key for t in parsed.tasks] == ["k1", "k3", "k4"]

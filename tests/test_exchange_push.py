@@ -25,7 +25,7 @@ from workbench.services import ServerThread
 def hub_stand_in(token: str) -> tuple[FastAPI, dict]:
     """A FastAPI app answering like the Hub for create_repo, preupload, tree listing and commit."""
     app = FastAPI()
-    state: dict = {"repos": {}, "commits": [], "unknown": []}
+    state: dict = {"repos": {}, "commits": [], "unknown": [], "create_requests": []}
 
     def authorised(request: Request) -> bool:
         return request.headers.get("authorization") == f"Bearer {token}"
@@ -35,6 +35,7 @@ def hub_stand_in(token: str) -> tuple[FastAPI, dict]:
         if not authorised(request):
             return JSONResponse({"error": "Invalid credentials"}, status_code=401)
         body = await request.json()
+        state["create_requests"].append(body)
         repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
         url = f"{request.base_url}datasets/{repo_id}"
         if repo_id in state["repos"]:
@@ -90,6 +91,25 @@ def hub_stand_in(token: str) -> tuple[FastAPI, dict]:
     return app, state
 
 
+def requested_private(body: dict) -> bool | None:
+    """Whether a create-repo request asks for a private repo: `private` (older clients) or `visibility` (newer)."""
+    if "private" in body:
+        return body["private"]
+    return {"private": True, "public": False}.get(body.get("visibility"))
+
+
+def hub_env(hub_url: str, token: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `workbench export --push` that talks to the stand-in."""
+    return {
+        **os.environ,
+        "HF_ENDPOINT": hub_url,
+        "HF_TOKEN": token,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+
+
 def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
     from training.export import export_dataset
 
@@ -98,18 +118,11 @@ def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
     token = "hf_standin_token"
     app, state = hub_stand_in(token)
     with ServerThread(app) as hub:
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": token,
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_OFFLINE": "0",
-            "HF_HOME": str(tmp_path / "hf-home"),
-        }
+        env = hub_env(hub.url, token, tmp_path)
         out = tmp_path / "dataset"
-        done = subprocess.run(
+        done = subprocess.run(  # no visibility flag: private by default
             [sys.executable, "-m", "workbench", "export", "--out", str(out), "--from-export", str(source)]
-            + ["--push", "lab/stance-news", "--private", "--salt", "s"],
+            + ["--push", "lab/stance-news", "--salt", "s"],
             capture_output=True,
             text=True,
             env=env,
@@ -125,6 +138,7 @@ def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
 
     assert state["unknown"] == []
     assert state["repos"]["lab/stance-news"]["type"] == "dataset"
+    assert [requested_private(body) for body in state["create_requests"]] == [True, True]
     assert state["repos"]["lab/stance-news"]["visibility"] == "private"
     assert state["validated"] == "dataset"
     first, second = state["commits"]
@@ -142,6 +156,30 @@ def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
         "raw/train-00000-of-00001.parquet",
     ]
     assert set(bundle.split_sizes) == {"train"}
+    card = first["files"]["README.md"].decode("utf-8")
+    assert "per-annotator timestamps" in card and "`created_at` and `updated_at`" in card
+    assert "creates the Hub repository as private unless `--public` is given" in card
+
+
+@pytest.mark.parametrize(("flag", "private"), [("--public", False), ("--private", True)])
+def test_push_visibility_flags(tmp_path: Path, schema, flag: str, private: bool):
+    """`--public` creates a public repo; `--private`, the default, is still accepted."""
+    source = tmp_path / "export.json"
+    source.write_text(json.dumps(three_annotator_tasks(schema)), encoding="utf-8")
+    token = "hf_standin_token"
+    app, state = hub_stand_in(token)
+    with ServerThread(app) as hub:
+        done = subprocess.run(
+            [sys.executable, "-m", "workbench", "export", "--out", str(tmp_path / "d"), "--from-export", str(source)]
+            + ["--push", "lab/visibility", flag, "--salt", "s"],
+            capture_output=True,
+            text=True,
+            env=hub_env(hub.url, token, tmp_path),
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr
+    assert [requested_private(body) for body in state["create_requests"]] == [private]
+    assert f"a new repo is {'private' if private else 'public'}" in done.stdout
 
 
 def test_push_without_a_token_is_one_line(tmp_path: Path, schema, monkeypatch):

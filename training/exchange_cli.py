@@ -95,9 +95,9 @@ def export_command(
     salt: str | None = None,
     seed: int = 42,
     push: str | None = None,
-    private: bool = False,
+    private: bool = True,
 ) -> int:
-    """Write the dataset folder (and push it); print what was written."""
+    """Write the dataset folder (and push it, to a private repo unless `private` is False); print what was written."""
     from annotation_config.schema import load_schema
     from training.export import export_dataset, push_folder
     from training.training_args import TrainingArguments
@@ -112,6 +112,9 @@ def export_command(
     if bundle.salt_source == "random":
         out.print("annotator pseudonyms use a random salt (pass --salt or WORKBENCH_EXPORT_SALT to link exports)")
     if push:
+        # The raw configuration holds per-annotator timestamps: nobody should publish it by forgetting a flag.
+        visibility = "private" if private else "public"
+        out.print(f"pushing to {push}: a new repo is {visibility} (an existing repo keeps its visibility)")
         url = push_folder(folder, push, private=private)
         out.print(f"pushed to {push}: {url}")
     return 0
@@ -122,7 +125,13 @@ def export(
     push: Annotated[
         str | None, typer.Option("--push", help="Also upload to this Hub dataset repo (one commit).")
     ] = None,
-    private: Annotated[bool, typer.Option("--private", help="Create the Hub repo as private.")] = False,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public/--private",
+            help="Visibility of a Hub repo that --push creates (private by default; an existing repo keeps its own).",
+        ),
+    ] = False,
     ls_url: LsUrlOption = None,
     project: ProjectOption = None,
     api_key: ApiKeyOption = "",
@@ -145,7 +154,14 @@ def export(
     tasks, source = load_tasks(ls_url, project, api_key, from_export, load_schema(schema))
     raise typer.Exit(
         export_command(
-            out_dir, tasks=tasks, source=source, schema_path=schema, salt=salt, seed=seed, push=push, private=private
+            out_dir,
+            tasks=tasks,
+            source=source,
+            schema_path=schema,
+            salt=salt,
+            seed=seed,
+            push=push,
+            private=not public,
         )
     )
 

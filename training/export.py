@@ -418,7 +418,7 @@ def push_folder(
     folder: str | Path,
     repo_id: str,
     *,
-    private: bool = False,
+    private: bool = True,
     token: str | None = None,
     endpoint: str | None = None,
     message: str = "Export from stance-workbench",
@@ -427,7 +427,8 @@ def push_folder(
 
     The token is `token`, else HF_TOKEN or the saved login (huggingface_hub's own lookup); the endpoint is
     `endpoint`, else HF_ENDPOINT. Parquet files of earlier exports that this one no longer has are deleted in the
-    same commit. An existing repo keeps its visibility.
+    same commit. A new repo is private unless `private` is False (the raw configuration holds per-annotator
+    timestamps); an existing repo keeps its visibility.
     """
     import httpx
     from huggingface_hub import HfApi
