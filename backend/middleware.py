@@ -12,7 +12,7 @@ OPEN_PATHS = {"/health"}
 
 
 class Guard:
-    """401 without valid basic auth (when configured; /health stays open), 413 for bodies over the limit.
+    """401 without valid basic auth (when configured; /health stays open, but says less), 413 for bodies over the limit.
 
     The body is read here (bounded) and replayed to the app, so an oversized or endless body never reaches JSON
     parsing and the app sees the limit enforced even without a Content-Length header.
@@ -28,9 +28,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.credentials and scope.get("path") not in OPEN_PATHS and not self._authorized(headers):
+        authorized = self.credentials is None or self._authorized(headers)
+        if not authorized and scope.get("path") not in OPEN_PATHS:
             await _reply(send, 401, "missing or wrong credentials (HTTP basic auth)", [(b"www-authenticate", b"Basic")])
             return
+        # The open routes say less to a caller without credentials (request.state.authorized).
+        scope.setdefault("state", {})["authorized"] = authorized
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await _reply(send, 413, f"request body over {self.max_body_bytes} bytes (WORKBENCH_MAX_BODY_BYTES)")

@@ -95,11 +95,13 @@ class WebhookResponse(BaseModel):
 
 
 class Health(BaseModel):
+    """GET /health. Without credentials while basic auth is on, only `status` and `model_version` are given."""
+
     status: Literal["UP"]
     model_version: str
-    model_kind: Literal["cold-start", "trained"]
-    schema_hash: str
-    training: dict[str, Any]
+    model_kind: str | None = None
+    schema_hash: str | None = None
+    training: dict[str, Any] | None = None
     last_reload_error: str | None = None
 
 

@@ -46,10 +46,16 @@ async def _record(request: Request, route: str) -> None:
 
 @router.get("/health", response_model=Health)
 @router.get("/", response_model=Health, include_in_schema=False)
-def health(request: Request) -> Health:
-    """Liveness plus what serves: the model version, cold start or trained, and the training job status."""
+def health(request: Request) -> Any:
+    """Liveness plus what serves: the model version, cold start or trained, and the training job status.
+
+    With basic auth on, a caller without credentials gets only what Label Studio needs (status, model version):
+    job details, log paths and errors are for the operator.
+    """
     service = _service(request)
     current = service.holder.current
+    if not getattr(request.state, "authorized", True):
+        return JSONResponse({"status": "UP", "model_version": current.model_version})
     return Health(
         status="UP",
         model_version=current.model_version,
@@ -72,9 +78,7 @@ async def setup(body: SetupRequest, request: Request) -> Any:
                 problems
             )
             return _error(422, ["body", "schema"], message, "schema_mismatch")
-    if body.project and body.hostname and body.access_token:
-        project_id = body.project.split(".")[0]
-        service.projects[project_id] = {"hostname": body.hostname, "access_token": body.access_token}
+    service.setup_hosts.remember(body.project, body.hostname, body.access_token)
     return SetupResponse(model_version=service.holder.current.model_version)
 
 

@@ -34,6 +34,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         username="admin@example.com",
         password=secrets.token_urlsafe(12),
         token=secrets.token_hex(20),
+        allow_local_backends=True,  # the backends under test listen on 127.0.0.1
     )
     server.start()
     yield server

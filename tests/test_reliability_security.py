@@ -4,6 +4,7 @@ folder; the Label Studio token handed to training jobs never shows up in a log, 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -59,9 +60,172 @@ def test_training_jobs_get_the_token_through_the_environment_only():
     argv, env = training_command(settings, {})("3.1700000000")
     assert env == {"LABEL_STUDIO_API_KEY": token} and token not in " ".join(argv)  # argv is visible in `ps`
     projects = {"4": {"hostname": "http://127.0.0.1:2", "access_token": setup_token}}  # from Label Studio's /setup
-    argv, env = training_command(Settings(), projects)("4")
+    allowed = Settings(allowed_ls_urls="http://127.0.0.1:2")
+    argv, env = training_command(allowed, projects)("4")
     assert env == {"LABEL_STUDIO_API_KEY": setup_token} and setup_token not in " ".join(argv)
     assert argv[argv.index("--ls-url") + 1] == "http://127.0.0.1:2"
+
+
+# ---- issue 12: secure by default ----
+
+
+def _app_client(tmp_path: Path, cold_start_predictor, base_url: str = "http://testserver", **settings):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    app = create_app(
+        Settings(models_dir=tmp_path / "models", **settings),
+        predictors=(lambda: cold_start_predictor, None),
+        registry=(lambda: None, lambda: []),
+    )
+    return TestClient(app, base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"WORKBENCH_BASIC_AUTH_USER": "ann"}, "WORKBENCH_BASIC_AUTH_PASSWORD"),
+        ({"WORKBENCH_BASIC_AUTH_PASSWORD": "s3cret"}, "WORKBENCH_BASIC_AUTH_USER"),
+        ({"WORKBENCH_BASIC_AUTH_USER": "ann", "WORKBENCH_BASIC_AUTH_PASSWORD": ""}, "WORKBENCH_BASIC_AUTH_PASSWORD"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_half_a_basic_auth_configuration_refuses_to_start(command, env, missing, tmp_path, monkeypatch, capsys):
+    for name in ("WORKBENCH_BASIC_AUTH_USER", "WORKBENCH_BASIC_AUTH_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    port = str(free_port())
+    args = ["serve", "--port", port, "--models", str(tmp_path)] if command == "serve" else [
+        "up", "--state-dir", str(tmp_path / "state"), "--ls-port", port, "--backend-port", str(free_port())
+    ]  # fmt: skip
+    code, _, err = run_cli_in_process(monkeypatch, capsys, *args)
+    assert code == 1
+    assert_one_error_line(err, missing, "set both")
+    assert not (tmp_path / "state" / "credentials.json").exists()  # `up` stopped before starting anything
+
+
+def test_complete_basic_auth_turns_auth_on_and_none_leaves_it_off():
+    assert Settings(basic_auth_user="ann", basic_auth_password="s3cret").basic_auth == ("ann", "s3cret")
+    assert Settings().basic_auth is None
+
+
+def test_setup_from_a_stranger_host_is_answered_but_never_used(tmp_path, cold_start_predictor, caplog):
+    server_key, stranger_token = "server-" + secrets.token_hex(8), "stranger-" + secrets.token_hex(8)
+    configured = "http://ls.example.org:8080"
+    with _app_client(
+        tmp_path, cold_start_predictor, label_studio_url=configured, label_studio_api_key=server_key
+    ) as client:
+        service = client.app.state.service
+        stranger = {"project": "7.1700000000", "hostname": "http://evil.example", "access_token": stranger_token}
+        with caplog.at_level("WARNING", logger="backend"):
+            for _ in range(3):
+                response = client.post("/setup", json=stranger)
+                assert response.status_code == 200 and response.json()["model_version"]
+        warnings = [r for r in caplog.records if "evil.example" in r.getMessage()]
+        assert len(warnings) == 1  # said once, not per request
+        assert service.projects == {}
+        argv, env = training_command(service.settings, service.projects)("7")
+        assert argv[argv.index("--ls-url") + 1] == configured  # the job talks to the configured server only ...
+        assert env == {"LABEL_STUDIO_API_KEY": server_key}  # ... with the server's key, never the stranger's token
+
+        # The configured server itself may send its own token with /setup (same origin, default port spelled out).
+        own = {"project": "8.1700000000", "hostname": "http://LS.example.org:8080/", "access_token": "own"}
+        assert client.post("/setup", json=own).status_code == 200
+        assert "8" in service.projects
+
+
+def test_without_a_configured_label_studio_no_setup_hostname_is_used(tmp_path, cold_start_predictor):
+    stranger = {"project": "3.1", "hostname": "http://10.1.2.3:8080", "access_token": "t-" + secrets.token_hex(4)}
+    with _app_client(tmp_path, cold_start_predictor) as client:
+        assert client.post("/setup", json=stranger).status_code == 200
+        argv, env = training_command(client.app.state.service.settings, client.app.state.service.projects)("3")
+    assert "--ls-url" not in argv and env == {}
+
+
+def test_an_allow_listed_label_studio_gets_its_own_token_not_the_server_key(tmp_path, cold_start_predictor):
+    server_key, team_token = "server-" + secrets.token_hex(8), "team-" + secrets.token_hex(8)
+    team = "https://team-ls.example.org"
+    with _app_client(
+        tmp_path,
+        cold_start_predictor,
+        label_studio_url="http://127.0.0.1:8080",
+        label_studio_api_key=server_key,
+        allowed_ls_urls=f"{team}, http://other.example.org",
+    ) as client:
+        setup = {"project": "5.1", "hostname": team, "access_token": team_token}
+        assert client.post("/setup", json=setup).status_code == 200
+        argv, env = training_command(client.app.state.service.settings, client.app.state.service.projects)("5")
+    assert argv[argv.index("--ls-url") + 1] == team
+    assert env == {"LABEL_STUDIO_API_KEY": team_token}
+
+
+def test_health_says_only_status_and_version_without_credentials(tmp_path, cold_start_predictor):
+    with _app_client(tmp_path, cold_start_predictor, basic_auth_user="ann", basic_auth_password="s3cret") as client:
+        public = client.get("/health")
+        private = client.get("/health", auth=("ann", "s3cret"))
+        wrong = client.get("/health", auth=("ann", "nope"))
+    assert public.status_code == 200 and set(public.json()) == {"status", "model_version"}
+    assert wrong.status_code == 200 and set(wrong.json()) == {"status", "model_version"}
+    assert {"training", "schema_hash", "model_kind"} <= set(private.json())
+    assert public.json()["model_version"] == private.json()["model_version"]
+
+
+def test_health_without_auth_configured_is_complete(tmp_path, cold_start_predictor):
+    with _app_client(tmp_path, cold_start_predictor) as client:
+        assert "training" in client.get("/health").json()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "localhost", "::1"])
+def test_on_loopback_a_foreign_host_header_is_refused(listen, tmp_path, cold_start_predictor):
+    with _app_client(tmp_path, cold_start_predictor, base_url="http://127.0.0.1:9090", host=listen) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"host": "localhost:9090"}).status_code == 200
+        assert client.get("/health", headers={"host": "[::1]:9090"}).status_code == 200
+        rebound = client.get("/health", headers={"host": "attacker.example:9090"})
+        assert rebound.status_code == 400
+        assert client.post("/webhook", json={"action": "START_TRAINING"}, headers={"host": "evil"}).status_code == 400
+
+
+def test_host_headers_are_not_checked_off_loopback_and_extra_names_are_allowed(tmp_path, cold_start_predictor):
+    with _app_client(tmp_path, cold_start_predictor, host="0.0.0.0") as client:
+        assert client.get("/health", headers={"host": "backend.example.org"}).status_code == 200
+    with _app_client(tmp_path, cold_start_predictor, host="127.0.0.1", allowed_hosts="backend.local") as client:
+        assert client.get("/health", headers={"host": "backend.local"}).status_code == 200
+        assert client.get("/health", headers={"host": "other.local"}).status_code == 400
+
+
+def test_serve_tells_its_workers_the_interface_it_listens_on(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(k, host_env=os.environ.get("WORKBENCH_HOST")))
+    monkeypatch.delenv("WORKBENCH_HOST", raising=False)
+    port = str(free_port())
+    code, _, _ = run_cli_in_process(monkeypatch, capsys, "serve", "--port", port, "--models", str(tmp_path))
+    assert code == 0 and seen["host"] == "127.0.0.1" and seen["host_env"] == "127.0.0.1"
+    monkeypatch.delenv("WORKBENCH_HOST", raising=False)  # do not leak into the tests after this one
+
+
+@pytest.mark.parametrize(
+    ("host", "backend_url", "local"),
+    [
+        ("127.0.0.1", None, True),
+        ("localhost", "http://127.0.0.1:9090", True),
+        ("0.0.0.0", None, False),
+        ("127.0.0.1", "http://192.168.1.20:9090", False),
+        ("10.0.0.5", None, False),
+    ],
+)
+def test_up_turns_ssrf_protection_off_only_when_both_servers_are_on_loopback(host, backend_url, local, tmp_path):
+    from workbench.services import label_studio_env
+    from workbench.up import UpOptions, both_on_loopback
+
+    assert both_on_loopback(UpOptions(state_dir=tmp_path, host=host, backend_url=backend_url)) is local
+    env = label_studio_env(tmp_path, "u", "p", "t", allow_local_backends=local)
+    off = env.get("SSRF_PROTECTION_ENABLED") == "false" and env.get("ML_BLOCK_LOCAL_IP") == "false"
+    assert off is local or os.environ.get("SSRF_PROTECTION_ENABLED") == "false"
 
 
 def _files_containing(root: Path, secret: bytes) -> list[str]:

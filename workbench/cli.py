@@ -120,11 +120,12 @@ def serve(
 
     from backend.settings import Settings
 
-    overrides = {"models_dir": models, "schema_path": schema}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    overrides = {"models_dir": models, "schema_path": schema, "host": host}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})  # a bad setting stops us here
     _schema(settings.schema_path)  # fail here, with one line, rather than inside a worker
     # Workers are separate processes that rebuild the app from the environment.
     os.environ["WORKBENCH_MODELS_DIR"] = str(settings.models_dir)
+    os.environ["WORKBENCH_HOST"] = host
     if settings.schema_path:
         os.environ["WORKBENCH_SCHEMA"] = str(settings.schema_path)
     from workbench.services import port_is_free
@@ -158,8 +159,10 @@ def up(
     title: Annotated[str | None, typer.Option(help="Project title (default: from the schema).")] = None,
 ) -> None:
     """Start Label Studio and the ML backend, provision and pre-annotate the sample project; Ctrl-C stops both."""
+    from backend.settings import Settings
     from workbench.up import UpOptions, run_up
 
+    Settings()  # the backend's settings, checked before anything starts (e.g. half a basic-auth configuration)
     if ls_url and not api_key:
         raise WorkbenchError("--ls-url needs --api-key (or LABEL_STUDIO_API_KEY) for that Label Studio")
     run_up(

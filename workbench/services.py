@@ -56,8 +56,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def label_studio_env(data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
-    """Environment for a headless local Label Studio: admin user + legacy token, local ML backends allowed."""
+def label_studio_env(
+    data_dir: Path, username: str, password: str, token: str, allow_local_backends: bool = False
+) -> dict[str, str]:
+    """Environment for a headless local Label Studio: admin user + legacy token; local ML backends allowed only
+    when asked (both servers on loopback), otherwise Label Studio's SSRF protection stays as configured."""
     env = dict(os.environ)
     env.update(
         {
@@ -67,14 +70,14 @@ def label_studio_env(data_dir: Path, username: str, password: str, token: str) -
             "LABEL_STUDIO_USER_TOKEN": token,
             # Legacy tokens must be enabled when the first organisation is created (LS >= 1.23).
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            # LS >= 1.23.1 refuses ML backends and webhooks on local addresses unless both are off.
-            # Only for a local setup: keep SSRF protection on when Label Studio is exposed (README, Security).
-            "SSRF_PROTECTION_ENABLED": "false",
-            "ML_BLOCK_LOCAL_IP": "false",
             "DJANGO_DB": env.get("DJANGO_DB", "sqlite"),
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
     )
+    if allow_local_backends:
+        # LS >= 1.23.1 refuses ML backends and webhooks on local addresses unless both are off.
+        # Only for a setup where nothing but this machine reaches either server (README, Security).
+        env.update({"SSRF_PROTECTION_ENABLED": "false", "ML_BLOCK_LOCAL_IP": "false"})
     env.pop("LABEL_STUDIO_API_KEY", None)
     return env
 
@@ -90,6 +93,7 @@ class LabelStudioServer:
     token: str
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    allow_local_backends: bool = False  # turn SSRF protection off: only when both servers are on loopback
     process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
@@ -107,7 +111,9 @@ class LabelStudioServer:
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         self.process = subprocess.Popen(
             [str(executable), "start", "--no-browser", "--host", self.host, "--port", str(self.port)],
-            env=label_studio_env(self.data_dir, self.username, self.password, self.token),
+            env=label_studio_env(
+                self.data_dir, self.username, self.password, self.token, self.allow_local_backends
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

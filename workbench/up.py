@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
@@ -64,6 +65,14 @@ def load_credentials(state_dir: Path) -> dict[str, str]:
     return credentials
 
 
+def both_on_loopback(options: UpOptions) -> bool:
+    """Whether Label Studio and the backend both listen on loopback (only then may SSRF protection go off)."""
+    from backend.app import is_loopback
+
+    backend_host = urlsplit(options.backend_url).hostname if options.backend_url else options.host
+    return is_loopback(options.host) and is_loopback(backend_host or "")
+
+
 def start_backend(options: UpOptions, env: dict[str, str]) -> subprocess.Popen:
     """Start `workbench serve` as a child process group and return it (health is checked by the caller)."""
     if not port_is_free(options.host, options.backend_port):
@@ -105,6 +114,7 @@ def run_up(options: UpOptions) -> None:
         request_predictions,
     )
     from annotation_config.schema import load_schema
+    from backend.settings import Settings
 
     options.state_dir.mkdir(parents=True, exist_ok=True)
     schema = load_schema(options.schema)
@@ -128,6 +138,12 @@ def run_up(options: UpOptions) -> None:
                 login = None
             else:
                 credentials = load_credentials(options.state_dir)
+                local_only = both_on_loopback(options)
+                if not local_only:
+                    console.print(
+                        "[yellow]note:[/] the servers are not both on loopback, so Label Studio keeps its SSRF "
+                        "protection: it refuses an ML backend on a private address (README, Security)"
+                    )
                 studio = LabelStudioServer(
                     data_dir=options.state_dir / "label-studio",
                     port=options.ls_port,
@@ -136,6 +152,7 @@ def run_up(options: UpOptions) -> None:
                     password=credentials["password"],
                     token=credentials["token"],
                     log_path=options.state_dir / "label-studio.log",
+                    allow_local_backends=local_only,
                 )
                 if not port_is_free(options.host, options.ls_port):
                     raise ServiceError(f"port {options.ls_port} is in use: stop what listens there or pass --ls-port")
@@ -159,11 +176,7 @@ def run_up(options: UpOptions) -> None:
                 f"{result.imported} tasks imported, {result.skipped} already there"
             )
             status.update("connecting the backend and pre-annotating every task…")
-            user = os.environ.get("WORKBENCH_BASIC_AUTH_USER")
-            password = os.environ.get("WORKBENCH_BASIC_AUTH_PASSWORD")
-            connect_backend(
-                client, result.project_id, backend_url, basic_auth=(user, password) if user and password else None
-            )
+            connect_backend(client, result.project_id, backend_url, basic_auth=Settings().basic_auth)
             request_predictions(client, result.project_id)
             console.print(f"[green]✓[/] predictions requested for {len(tasks)} tasks")
 
