@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from annotation_config.schema import Schema, load_schema
 from backend.holder import ModelHolder
@@ -21,7 +22,7 @@ from backend.jobs import JobRunner, default_launcher
 from backend.metrics import Metrics
 from backend.middleware import Guard
 from backend.predictor import Predictor
-from backend.settings import Settings
+from backend.settings import Settings, origin
 
 log = logging.getLogger("backend")
 ROUTES = {"/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics"}
@@ -38,6 +39,7 @@ class Service:
     metrics: Metrics
     versions: Any  # () -> list of registry versions
     projects: dict[str, dict[str, str]] = field(default_factory=dict)  # project id -> LS hostname/token from /setup
+    setup_hosts: Any = None  # SetupHosts: which /setup hostnames are kept
     record_lock: threading.Lock = field(default_factory=threading.Lock)
     recorded: int = 0
 
@@ -116,27 +118,71 @@ def default_predictors(settings: Settings, schema: Schema):
 
 def training_command(settings: Settings, service_projects: dict[str, dict[str, str]]):
     """How the job runner starts training: `workbench train` arguments for a child process, secrets via the
-    environment (a command line is visible to every user in `ps`)."""
+    environment (a command line is visible to every user in `ps`).
+
+    Jobs talk only to a Label Studio the operator configured: LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, or a URL
+    in WORKBENCH_ALLOWED_LS_URLS that a /setup named, with the token that same /setup gave. The server's own key is
+    never paired with a host that a request named (/setup only stores hostnames inside the allow-list).
+    """
     import shlex
 
     def build(project: str | None) -> tuple[list[str], dict[str, str]]:
         argv = ["train", "--quiet", "--models", str(settings.models_dir)]
+        argv += ["--keep-versions", str(settings.keep_versions)]
         argv += shlex.split(settings.train_args)
         if settings.schema_path:
             argv += ["--schema", str(settings.schema_path)]
         env: dict[str, str] = {}
         project_id = (project or "").split(".")[0]
         known = service_projects.get(project_id, {})
-        url = settings.label_studio_url or known.get("hostname")
-        token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
-        token = token or known.get("access_token")
+        if known.get("hostname") and origin(known["hostname"]) not in settings.label_studio_urls:
+            known = {}  # stored before the allow-list changed, or by mistake: never used
+        server_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+        configured = settings.label_studio_url
+        if known and not (configured and origin(known["hostname"]) == origin(configured)):
+            url, key = known["hostname"], known.get("access_token")  # another allowed server: its own token only
+        else:
+            url, key = configured, server_key or known.get("access_token")
         if url and project_id:
             argv += ["--ls-url", url, "--project", project_id]
-        if token:
-            env["LABEL_STUDIO_API_KEY"] = token
+        if key:
+            env["LABEL_STUDIO_API_KEY"] = key
         return argv, env
 
     return build
+
+
+class SetupHosts:
+    """What /setup may tell the backend about Label Studio: a hostname is kept only inside the allow-list.
+
+    Label Studio sends its hostname and an access token on every /setup. Anyone who can reach the backend can send
+    them too, so a hostname outside LABEL_STUDIO_URL / WORKBENCH_ALLOWED_LS_URLS is answered normally but not used
+    (and logged once per hostname), and training jobs never contact it.
+    """
+
+    def __init__(self, settings: Settings, projects: dict[str, dict[str, str]]) -> None:
+        self._allowed = settings.label_studio_urls
+        self._projects = projects
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def remember(self, project: str | None, hostname: str | None, access_token: str | None) -> bool:
+        """Store the project's Label Studio hostname and token when the hostname is allowed; True when stored."""
+        if not (project and hostname and access_token):
+            return False
+        if origin(hostname) not in self._allowed:
+            with self._lock:
+                first = hostname not in self._warned
+                self._warned.add(hostname)
+            if first:
+                log.warning(
+                    "ignoring the Label Studio hostname %r from /setup: it is not LABEL_STUDIO_URL nor in "
+                    "WORKBENCH_ALLOWED_LS_URLS, so training jobs will not contact it",
+                    hostname,
+                )
+            return False
+        self._projects[project.split(".")[0]] = {"hostname": hostname, "access_token": access_token}
+        return True
 
 
 def create_app(settings: Settings | None = None, *, predictors=None, registry=None) -> FastAPI:
@@ -146,7 +192,13 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     cold_start, trained = predictors or default_predictors(settings, schema)
     current_model, versions = registry or registry_link(settings.models_dir)
     metrics = Metrics()
-    holder = ModelHolder(cold_start, current_model, trained, interval=settings.reload_interval)
+    from training.registry import serving_candidates  # torch-free
+
+    # A custom `registry` (tests) has no versions to fall back on; the real one falls back on the best other version.
+    fallbacks = None if registry else lambda: serving_candidates(settings.models_dir)
+    holder = ModelHolder(
+        cold_start, current_model, trained, interval=settings.reload_interval, schema=schema, fallbacks=fallbacks
+    )
 
     def after_training(ok: bool) -> None:
         metrics.training_jobs.labels(outcome="succeeded" if ok else "failed").inc()
@@ -159,8 +211,11 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         on_finish=after_training,
         train_every=settings.train_every,
         launcher=default_launcher(settings.train_warm),
+        models_dir=settings.models_dir,
+        timeout=settings.train_timeout,
     )
     service = Service(settings, schema, holder, jobs, metrics, versions, projects)
+    service.setup_hosts = SetupHosts(settings, projects)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -177,8 +232,12 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         lifespan=lifespan,
     )
     app.state.service = service
-    password = settings.basic_auth_password.get_secret_value() if settings.basic_auth_password else None
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, user=settings.basic_auth_user, password=password)
+    user, password = settings.basic_auth or (None, None)
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, user=user, password=password)
+    if settings.host and is_loopback(settings.host):
+        # Against DNS rebinding: a web page's script reaching 127.0.0.1 under its own domain name is refused.
+        hosts = ["127.0.0.1", "localhost", "::1", "[::1]", *settings.allowed_hosts]
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
 
     @app.middleware("http")  # added after Guard, so it runs first and also counts 401 and 413 answers
     async def observe(request: Request, call_next):
@@ -206,3 +265,15 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     app.include_router(router)
     metrics.serving(holder.current.model_version, holder.current.kind)
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an interface name or address is the loopback one (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -89,7 +89,7 @@ class WebhookEvent(_Open):
 
 
 class WebhookResponse(BaseModel):
-    status: Literal["queued", "recorded", "ignored", "busy"]
+    status: Literal["queued", "recorded", "ignored", "busy", "failed"]
     action: str
     job: dict[str, Any] | None = None
 

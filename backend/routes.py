@@ -143,7 +143,8 @@ async def webhook(event: WebhookEvent, request: Request) -> Any:
     service.metrics.webhooks.labels(action=event.action).inc()
     project = _project_id(event)
     if event.action == "START_TRAINING":
-        status = service.jobs.submit("START_TRAINING", project)
+        force = bool((event.model_extra or {}).get("force"))  # not sent by Label Studio: for scripts and tests
+        status = service.jobs.submit("START_TRAINING", project, force=force)
     elif event.action in TRAINING_EVENTS:
         status = service.jobs.annotation_changed(project)
     else:

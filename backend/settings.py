@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,7 +43,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
 
     basic_auth_user: str | None = Field(default=None, description="Require HTTP basic auth on all routes but /health.")
-    basic_auth_password: SecretStr | None = None
+    basic_auth_password: SecretStr | None = Field(default=None, description="Set with basic_auth_user, or neither.")
+    host: str | None = Field(
+        default=None,
+        description="The interface the backend listens on (`serve` sets it). On loopback, requests whose Host header "
+        "names another server are refused (DNS rebinding).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Further Host names accepted on loopback (comma-separated)."
+    )
+    allowed_ls_urls: list[str] = Field(
+        default_factory=list,
+        description="Label Studio URLs, besides LABEL_STUDIO_URL, that a /setup may name for training jobs "
+        "(comma-separated). Other hostnames from /setup are ignored.",
+    )
 
     reload_interval: float = Field(default=2.0, gt=0, description="Seconds between checks for a newly promoted model.")
     train_every: int = Field(
@@ -65,11 +79,35 @@ class Settings(BaseSettings):
     record_dir: Path | None = Field(
         default=None, description="Save every request body here, secrets redacted (protocol debugging)."
     )
+    keep_versions: int = Field(
+        default=10,
+        ge=1,
+        description="Model versions kept after each training run (the current and previous ones always stay).",
+    )
+    train_timeout: float = Field(
+        default=0, ge=0, description="Seconds a training job may run before it is stopped (0: no limit)."
+    )
+
+    @field_validator("allowed_hosts", "allowed_ls_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # An environment variable holds "a,b"; pydantic-settings would want JSON for a list.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
-    def auth_enabled(self) -> bool:
-        """Whether basic auth is configured."""
-        return bool(self.basic_auth_user and self.basic_auth_password)
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) when basic auth is on, else None (a half configuration never validates)."""
+        if self.basic_auth_user and self.basic_auth_password:
+            return self.basic_auth_user, self.basic_auth_password.get_secret_value()
+        return None
+
+    @property
+    def label_studio_urls(self) -> set[str]:
+        """The Label Studio servers training jobs may talk to, as origins (see `origin`)."""
+        urls = [self.label_studio_url, *self.allowed_ls_urls]
+        return {origin(url) for url in urls if url}
 
     @property
     def encoder_precision(self) -> str:
@@ -79,7 +117,33 @@ class Settings(BaseSettings):
         return "int8" if self.quantize or self.runtime == "onnx" else "fp32"
 
     @model_validator(mode="after")
+    def _basic_auth_complete(self) -> Settings:
+        # Half a configuration must not silently mean "no auth".
+        user = bool(self.basic_auth_user)
+        password = bool(self.basic_auth_password and self.basic_auth_password.get_secret_value())
+        if user != password:
+            given, missing = (
+                ("WORKBENCH_BASIC_AUTH_USER", "WORKBENCH_BASIC_AUTH_PASSWORD")
+                if user
+                else ("WORKBENCH_BASIC_AUTH_PASSWORD", "WORKBENCH_BASIC_AUTH_USER")
+            )
+            raise ValueError(f"{given} is set but {missing} is not: set both to require basic auth, or neither")
+        return self
+
+    @model_validator(mode="after")
     def _runtime_supports_precision(self) -> Settings:
         if self.runtime == "onnx" and self.encoder_precision == "bf16":
             raise ValueError("WORKBENCH_PRECISION=bf16 needs WORKBENCH_RUNTIME=torch (ONNX Runtime: fp32 or int8)")
         return self
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL, lower-cased, with the default port filled in: what "the same server" means."""
+    parts = urlsplit(url.strip())
+    scheme = (parts.scheme or "http").lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number can match nothing configured
+        return url.strip().lower()
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"

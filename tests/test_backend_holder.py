@@ -3,6 +3,7 @@ goes back on rollback; a request that started on one model finishes on it. Real 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
@@ -90,3 +91,61 @@ def test_health_reports_trained_model_and_requests_never_mix_versions(two_models
         Registry(models).promote(second, force=True)
     assert errors == []
     assert client.app.state.service.schema.hash == schema.hash
+
+
+def break_labels(models, version) -> list[str]:
+    """Make a version's label maps disagree with the sample schema (its weights still load); returns the labels."""
+    path = models / version / "label_maps.json"
+    maps = json.loads(path.read_text())
+    maps["frames"]["id2label"] = {"0": "Economic", "1": "Other"}
+    path.write_text(json.dumps(maps))
+    return ["Economic", "Other"]
+
+
+def test_a_promoted_model_that_does_not_fit_the_schema_is_refused_and_the_old_one_serves(
+    two_models, cold_start_predictor, schema, tmp_path
+):
+    source, first, second = two_models
+    models = tmp_path / "models"
+    shutil.copytree(source, models)
+    registry = Registry(models)
+    registry.rollback()
+    current, _ = registry_link(models)
+    holder = ModelHolder(
+        lambda: cold_start_predictor, current, lambda v, folder: TrainedPredictor(folder), schema=schema
+    )
+    assert holder.current.model_version == first
+    labels = break_labels(models, second)
+    registry.promote(second, force=True)  # no schema given: as a promotion made for another schema would
+    assert holder.refresh() is False and holder.current.model_version == first
+    assert holder.last_error == (
+        f"model {second}: dimension 'frames' has labels {labels} but schema {schema.name!r} has "
+        f"{schema.dimension('frames').values}; still serving {first}"
+    )
+
+
+def test_after_a_restart_the_best_version_that_loads_and_fits_serves_rather_than_the_cold_start(
+    two_models, cold_start_predictor, tmp_path
+):
+    source, first, second = two_models
+    predictors = (lambda: cold_start_predictor, lambda version, folder: TrainedPredictor(folder))
+
+    def restart(models) -> dict:
+        app = create_app(Settings(models_dir=models, reload_interval=60, train_warm=False), predictors=predictors)
+        return TestClient(app).get("/health").json()
+
+    for name, spoil in {
+        "corrupt": lambda models: (models / second / "model.safetensors").write_bytes(b"corrupt"),
+        "incompatible": lambda models: break_labels(models, second),
+        "missing": lambda models: shutil.rmtree(models / second),
+    }.items():
+        models = tmp_path / name
+        shutil.copytree(source, models)
+        spoil(models)  # the current version, `second`, cannot serve
+        health = restart(models)
+        assert (health["model_kind"], health["model_version"]) == ("trained", first), (name, health)
+        assert f"serving {first} instead" in health["last_reload_error"], (name, health)
+        assert second in health["last_reload_error"], (name, health)
+    (models / first / "model.safetensors").write_bytes(b"corrupt")  # now nothing trained loads: the cold start says so
+    health = restart(models)
+    assert health["model_kind"] == "cold-start" and "no other version loads and fits" in health["last_reload_error"]

@@ -6,15 +6,20 @@ Each test runs one real child per launcher; the warm launcher's forkserver is st
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from backend.jobs import ColdLauncher, JobRunner, WarmLauncher
+from backend.jobs import STATUS_FILE, ColdLauncher, JobRunner, WarmLauncher
 from tests.test_reliability_support import FakeLabelStudio, wait_for
+from tests.test_training_registry import add_version, trained_on_this_export
+from training.registry import JOB_TOKEN_ENV, SKIPPED_EXIT_CODE, SKIPPED_EXIT_ENV, Registry
 
 LAUNCHERS = {"warm": WarmLauncher, "cold": ColdLauncher}
 
@@ -110,3 +115,146 @@ def test_annotations_arriving_during_a_job_stay_new_and_a_failed_job_gives_its_o
     assert runner.annotation_changed("1") == "queued"
     status = finished(runner)
     assert status["state"] == "failed" and status["new_annotations"] == 2  # nothing was learnt: they stay new
+
+
+# A stand-in for `workbench`, started in a blink: its first argument that is not "train" or an option says what to
+# do: "exit CODE MESSAGE", "wait FILE" (until FILE exists), or "hang MODELS VERSION": ignore SIGTERM, report whether
+# the job's token was still there when SIGTERM came, then try to promote VERSION with that token.
+FAKE_JOB = """
+import os, signal, sys, time
+from pathlib import Path
+from training.registry import Registry
+argv = [a for a in sys.argv[1:] if a != "train" and not a.startswith("--")]
+mode, token = argv[0], os.environ.get("WORKBENCH_JOB_TOKEN")
+if mode == "exit":
+    print(argv[2], flush=True)
+    sys.exit(int(argv[1]))
+if mode == "wait":
+    while not Path(argv[1]).exists():
+        time.sleep(0.05)
+if mode == "hang":
+    terminated = []
+    signal.signal(signal.SIGTERM, lambda *_: terminated.append(Path(token).exists()))
+    print("hanging", flush=True)
+    while not terminated:
+        time.sleep(0.05)
+    print("token at SIGTERM:", "present" if terminated[0] else "gone", flush=True)
+    result = Registry(argv[1]).promote(argv[2], job_token=token)
+    print("promoted" if result.promoted else "not promoted: " + result.reason, flush=True)
+    while True:
+        time.sleep(1)
+"""
+
+
+class FakeLauncher(ColdLauncher):
+    """Runs FAKE_JOB instead of `workbench`, in its own process group like a real cold job; records each start."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[list[str], dict[str, str], subprocess.Popen]] = []
+
+    def start(self, args, env, log_path):
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-c", FAKE_JOB, *args],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        self.started.append((list(args), dict(env), process))
+        return process
+
+
+def test_a_hung_job_gets_sigterm_then_sigkill_and_never_promotes_after_the_timeout(tmp_path):
+    models = tmp_path / "models"
+    registry = Registry(models)
+    version = add_version(registry, "20260101T000000-aaaa0001", 0.5)
+    launcher = FakeLauncher()
+    runner = JobRunner(
+        lambda project: (["train", "hang", str(models), version], {}),
+        models / "logs",
+        models_dir=models,
+        timeout=1,
+        kill_grace=3,
+        launcher=launcher,
+    )
+    started = time.monotonic()
+    assert runner.submit("START_TRAINING", "1") == "queued"
+    status = finished(runner, timeout=30)
+    elapsed = time.monotonic() - started
+    assert status["state"] == "failed" and status["error"] == "timed out after 1 s", status
+    assert 3.5 < elapsed < 15  # 1 s, SIGTERM (ignored), 3 s of grace, SIGKILL
+    log = Path(status["log_file"]).read_text()
+    # the runner took the token back before it sent SIGTERM, so the promotion the job tried then was refused
+    assert "token at SIGTERM: gone" in log and "not promoted: the backend gave up on this training job" in log, log
+    assert registry.current() is None and registry.read()["history"][-1]["action"] == "refused"
+    _, env, process = launcher.started[0]
+    assert process.poll() == -9 and not Path(env[JOB_TOKEN_ENV]).exists()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # the whole process group is gone
+
+
+def test_start_training_with_nothing_new_is_a_quick_skip_unless_forced(tmp_path, schema):
+    export, models = trained_on_this_export(tmp_path, schema)
+    swaps = []
+    runner = JobRunner(
+        lambda project: (["train", "--quiet", "--from-export", str(export), "--models", str(models)], {}),
+        models / "logs",
+        on_finish=swaps.append,
+        models_dir=models,
+        launcher=ColdLauncher(),  # the real `workbench train`
+    )
+    assert runner.submit("START_TRAINING", "1") == "queued"
+    status = finished(runner, timeout=60)
+    assert status["state"] == "skipped" and status["error"] is None, status
+    assert status["detail"].startswith("no new accepted labels since model 20260101T000000-aaaa0001")
+    assert swaps == []  # nothing changed: no model swap, no "succeeded"
+    assert status["history"][-1]["state"] == "skipped"
+
+    fake = FakeLauncher()
+    cases = [  # (command, force): forced by the request, forced by WORKBENCH_TRAIN_ARGS, not forced
+        (["train", "exit", "0", "trained"], True),
+        (["train", "--force", "exit", "0", "trained"], False),
+        (["train", "exit", str(SKIPPED_EXIT_CODE), "nothing new"], False),
+    ]
+    states = []
+    for command, force in cases:
+        runner = JobRunner(lambda project, command=command: (command, {}), models / "logs", launcher=fake)
+        runner.submit("START_TRAINING", "1", force=force)
+        states.append((finished(runner)["state"], finished(runner)["detail"]))
+    assert states == [("succeeded", None), ("succeeded", None), ("skipped", "nothing new")]
+    assert [("--if-new-data" in args) for args, _, _ in fake.started] == [False, False, True]
+    assert {env[SKIPPED_EXIT_ENV] for _, env, _ in fake.started} == {str(SKIPPED_EXIT_CODE)}
+
+
+def test_workers_sharing_a_models_folder_run_one_job_and_show_the_same_one(tmp_path):
+    models, release = tmp_path / "models", tmp_path / "release"
+    launchers = {"a": FakeLauncher(), "b": FakeLauncher()}
+    a, b = (
+        JobRunner(lambda p: (["wait", str(release)], {}), models / "logs", models_dir=models, launcher=launchers[name])
+        for name in ("a", "b")
+    )  # two workers of `serve --workers 2`: separate runners, one models folder
+    assert a.submit("START_TRAINING", "1") == "queued"
+    assert b.submit("START_TRAINING", "1") == "busy"  # the other worker's job runs: no second job
+    assert launchers["b"].started == []
+    seen_a, seen_b = a.snapshot(), b.snapshot()
+    for key in ("state", "reason", "started_at", "log_file", "backend_pid"):
+        assert seen_b[key] == seen_a[key], key
+    assert seen_b["state"] == "running" and seen_b["follow_up"] and seen_a["follow_up"]
+    release.touch()
+    # a's job ends; a takes the follow-up b asked for and runs it; b shows it
+    status = wait_for(lambda: (s := a.snapshot())["jobs_started"] == 2 and s["state"] != "running" and s, 30, "2")
+    assert status["state"] == "succeeded" and status["reason"] == "labels changed during the last run"
+    seen_b = b.snapshot()
+    assert (seen_b["state"], seen_b["started_at"], seen_b["follow_up"]) == ("succeeded", status["started_at"], False)
+    assert b.submit("START_TRAINING", "1") == "queued"  # the lock is free again: any worker starts the next job
+    status = finished(b, timeout=30)
+    assert status["state"] == "succeeded" and a.snapshot()["started_at"] == status["started_at"]
+    # a worker that died while its job ran: the others do not show "running" forever
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    shared = json.loads((models / STATUS_FILE).read_text())
+    shared.update(state="running", started_at=time.time(), backend_pid=int(dead.stdout), owner="gone")
+    (models / STATUS_FILE).write_text(json.dumps(shared))
+    seen_a = a.snapshot()
+    assert seen_a["state"] == "failed" and "worker that ran this job stopped" in seen_a["error"]

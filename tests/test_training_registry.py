@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from training.pipeline import unchanged_since
-from training.registry import Registry, RegistryError, current_model, list_versions
+from training.registry import (
+    SKIPPED_EXIT_CODE,
+    SKIPPED_EXIT_ENV,
+    Registry,
+    RegistryError,
+    current_model,
+    list_versions,
+    model_problem,
+    serving_candidates,
+)
 
 SCORES = {}  # folder name -> primary score the fake evaluator reports
 
@@ -169,3 +179,177 @@ def test_registry_module_does_not_import_torch():
     code = "import sys, training.registry; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def label_maps_for(schema) -> dict:
+    """label_maps.json as training writes it (MultiHeadConfig.label_maps) for a model of `schema`."""
+    maps = {}
+    for dim in schema.dimensions:
+        field = dim.field or schema.data.text
+        view = f"{field}|{dim.target.id}" if dim.target else field
+        maps[dim.name] = {"kind": dim.kind, "id2label": {str(i): v for i, v in enumerate(dim.values)}, "view": view}
+    return maps
+
+
+def with_labels(maps: dict, dimension: str, labels: list[str]) -> dict:
+    changed = json.loads(json.dumps(maps))
+    changed[dimension]["id2label"] = {str(i): v for i, v in enumerate(labels)}
+    return changed
+
+
+def add_model(registry: Registry, version: str, maps: dict, score: float = 0.5) -> str:
+    add_version(registry, version, score)
+    (registry.root / version / "label_maps.json").write_text(json.dumps(maps))
+    return version
+
+
+def test_model_problem_names_what_differs_in_one_line(tmp_path, schema):
+    maps = label_maps_for(schema)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert (
+        model_problem(folder, schema, "v")
+        == f"model v has no label_maps.json, so it cannot be checked against schema {schema.name!r}"
+    )
+    cases = {
+        "fits": (maps, None),
+        "reordered labels fit": (with_labels(maps, "frames", list(reversed(schema.dimension("frames").values))), None),
+        "labels": (
+            with_labels(maps, "frames", ["Economic", "Other"]),
+            f"model v: dimension 'frames' has labels ['Economic', 'Other'] but schema {schema.name!r} has "
+            f"{schema.dimension('frames').values}",
+        ),
+        "missing": ({k: v for k, v in maps.items() if k != "evidence"}, "model v has no dimension 'evidence'"),
+        "extra": ({**maps, "tone": maps["frames"]}, "model v has dimension 'tone' but schema"),
+        "kind": ({**maps, "frames": {**maps["frames"], "kind": "single"}}, "dimension 'frames' is 'single'"),
+        "field": ({**maps, "frames": {**maps["frames"], "view": "body"}}, "reads field 'body' but schema"),
+    }
+    for name, (content, expected) in cases.items():
+        (folder / "label_maps.json").write_text(json.dumps(content))
+        problem = model_problem(folder, schema, "v")
+        if expected is None:
+            assert problem is None, name
+        else:
+            assert problem is not None and expected in problem and "\n" not in problem, (name, problem)
+
+
+def test_promote_refuses_a_model_whose_labels_do_not_fit_the_schema_even_forced(tmp_path, schema):
+    registry = Registry(tmp_path)
+    good = add_model(registry, "20260101T000000-aaaa0001", label_maps_for(schema))
+    assert promote(registry, good, schema=schema).promoted
+    bad = add_model(registry, "20260102T000000-bbbb0002", with_labels(label_maps_for(schema), "frames", ["X"]), 0.9)
+    for force in (False, True):
+        result = promote(registry, bad, schema=schema, force=force)
+        assert not result.promoted and result.reason.startswith(f"model {bad}: dimension 'frames' has labels ['X']")
+    assert registry.current() == good and registry.read()["history"][-1]["action"] == "refused"
+    # the command line: one line on stderr, exit code 1, the old model stays current
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "models", "promote", bad, "--models", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip().count("\n") == 0 and f"{bad} not promoted: model {bad}: dimension 'frames'" in done.stderr
+    )
+    assert registry.current() == good
+
+
+def test_a_job_token_taken_back_means_no_promotion(tmp_path, schema):
+    registry = Registry(tmp_path)
+    v1 = add_version(registry, "20260101T000000-aaaa0001", 0.5)
+    token = tmp_path / ".training-token-x"
+    result = promote(registry, v1, job_token=token)  # the runner gave up on the job: the token is gone
+    assert not result.promoted and "gave up on this training job" in result.reason and registry.current() is None
+    token.write_bytes(b"")
+    assert promote(registry, v1, job_token=token).promoted and not token.exists()  # the job claimed it
+
+
+def test_prune_keeps_the_newest_and_never_the_current_or_previous(tmp_path, monkeypatch):
+    registry = Registry(tmp_path)
+    names = [add_version(registry, f"2026010{i}T000000-aaaa000{i}", 0.1 * i) for i in range(1, 7)]
+    promote(registry, names[0])
+    promote(registry, names[1])  # current names[1], previous (the rollback target) names[0]
+    assert registry.prune(2) == names[2:4]
+    assert registry.versions() == [names[0], names[1], names[4], names[5]]
+    assert registry.rollback() == names[0]  # the rollback target is still there
+    promote(registry, names[1], force=True)
+    # crash-safe: the folder is renamed to hidden trash first, so a crash while deleting leaves no half version
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        registry.prune(1)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert registry.versions() == [names[0], names[1], names[5]]
+    assert len(list(tmp_path.glob(".trash-*"))) == 1  # hidden, so no listing sees it
+    assert registry.prune(1) == [] and not list(tmp_path.glob(".trash-*"))  # the next prune takes the trash out
+    with pytest.raises(RegistryError, match="keep at least one"):
+        registry.prune(0)
+
+
+def test_fallback_order_is_the_promotion_stack_then_the_newest(tmp_path):
+    registry = Registry(tmp_path)
+    v1, v2, v3, v4 = (add_version(registry, f"2026010{i}T000000-aaaa000{i}", 0.5) for i in range(1, 5))
+    promote(registry, v2)
+    promote(registry, v1, force=True)
+    assert registry.fallback_versions() == [v1, v2, v4, v3]
+    assert serving_candidates(tmp_path)[0] == (v1, tmp_path / v1)
+
+
+def trained_on_this_export(tmp_path: Path, schema) -> tuple[Path, Path]:
+    """An export of three accepted labels, and a models folder whose current version was trained on exactly them
+    (a fake version: no weights, so `train --if-new-data` on it is a quick no-op)."""
+    from training.data import accept, data_hash
+
+    choice = {"from_name": "threat_characterization", "to_name": "text", "type": "choices"}
+    tasks = [
+        {
+            "id": i,
+            "data": {"key": f"k{i}", "text": f"Paragraph {i}."},
+            "annotations": [{"id": i, "completed_by": 1, "result": [{**choice, "value": {"choices": [label]}}]}],
+        }
+        for i, label in enumerate(["genuine", "manufactured", "contested"])
+    ]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    examples = accept(tasks, schema).examples
+    assert len(examples) == 3
+    models = tmp_path / "models"
+    registry = Registry(models)
+    version = add_version(
+        registry, "20260101T000000-aaaa0001", 0.5, data_hash=data_hash(examples), schema_hash=schema.hash
+    )
+    promote(registry, version)
+    return export, models
+
+
+def test_train_if_new_data_exits_with_the_skipped_code_when_asked(tmp_path, schema):
+    export, models = trained_on_this_export(tmp_path, schema)
+    command = [sys.executable, "-m", "training", "train", "--from-export", str(export), "--models", str(models)]
+    done = subprocess.run([*command, "--if-new-data"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # cron and systemd: nothing to do is a success
+    assert "no new accepted labels since model 20260101T000000-aaaa0001" in done.stdout
+    env = {**os.environ, SKIPPED_EXIT_ENV: str(SKIPPED_EXIT_CODE)}
+    done = subprocess.run([*command, "--if-new-data"], capture_output=True, text=True, env=env)
+    assert done.returncode == SKIPPED_EXIT_CODE, done.stderr  # the backend's job runner tells it from a trained run
+
+
+@pytest.mark.slow
+def test_train_prunes_to_workbench_keep_versions_after_the_run(tmp_path, schema):
+    from tests.test_reliability_support import TINY_CLI
+
+    export, models = trained_on_this_export(tmp_path, schema)
+    registry = Registry(models)
+    old = registry.current()
+    rolled_back = promote(registry, add_version(registry, "20260102T000000-aaaa0002", 0.9)).version
+    registry.rollback()
+    candidate = add_version(registry, "20260103T000000-aaaa0003", 0.1)
+    previous = promote(registry, add_version(registry, "20260104T000000-aaaa0004", 0.9)).version
+    command = [sys.executable, "-m", "training", "train", "--from-export", str(export), "--models", str(models)]
+    env = {**os.environ, "WORKBENCH_KEEP_VERSIONS": "1"}
+    done = subprocess.run([*command, *TINY_CLI], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    new = registry.current()
+    assert new not in (old, previous) and "removed 3 old version(s), keeping the newest 1" in done.stdout
+    assert registry.versions() == [previous, new]  # the newest one, which is current, and the rollback target
+    assert not {old, rolled_back, candidate} & set(registry.versions()) and not list(models.glob(".trash-*"))

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
+from training.registry import JOB_TOKEN_ENV, SKIPPED_EXIT_CODE, SKIPPED_EXIT_ENV  # torch-free
 
 out = Console(highlight=False, soft_wrap=True)
 DEFAULT_MODELS_DIR = Path("models")
@@ -49,8 +50,15 @@ def train_command(
     force: bool = False,
     args: Any = None,
     source: str = "",
+    keep_versions: int | None = None,
+    skipped_exit_code: int = 0,
+    job_token: Path | None = None,
 ) -> int:
-    """Train on `tasks` (or an export file), register the version, try to promote it; print a summary."""
+    """Train on `tasks` (or an export file), register the version, try to promote it; print a summary.
+
+    `keep_versions`: prune the registry to the newest N versions afterwards (None: keep all). `skipped_exit_code`:
+    what a run that `if_new_data` skipped returns. `job_token`: see training.registry.JOB_TOKEN_ENV.
+    """
     from annotation_config.schema import load_schema
     from training.data import load_export
     from training.pipeline import run_training
@@ -66,12 +74,21 @@ def train_command(
     schema = load_schema(schema_path)
     args = args or TrainingArguments()
     outcome = run_training(
-        tasks, schema, models_dir, args, if_new_data=if_new_data, promote=promote, force=force, source=source
+        tasks,
+        schema,
+        models_dir,
+        args,
+        if_new_data=if_new_data,
+        promote=promote,
+        force=force,
+        source=source,
+        keep_versions=keep_versions,
+        job_token=job_token,
     )
     accepted = outcome.accepted
     if outcome.status == "skipped":
-        out.print(outcome.message)
-        return 0
+        out.print(outcome.message)  # the last line: the backend's job runner shows it in /health
+        return skipped_exit_code
     out.print(accepted.summary())
     for held in accepted.held_out[:20]:
         where = held.dimension or "whole task"
@@ -144,11 +161,15 @@ def models_list_command(models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = F
     return 0
 
 
-def models_promote_command(version: str, models_dir: Path = DEFAULT_MODELS_DIR, force: bool = False) -> int:
-    """Promote a version through the gate; a refusal is an error with its reason."""
+def models_promote_command(
+    version: str, models_dir: Path = DEFAULT_MODELS_DIR, force: bool = False, schema_path: Path | None = None
+) -> int:
+    """Promote a version through the gate; a refusal (worse, or its label maps do not fit the schema) is an error
+    with its reason."""
+    from annotation_config.schema import load_schema
     from training.registry import PromotionRefused, Registry
 
-    result = Registry(models_dir).promote(version, force=force)
+    result = Registry(models_dir).promote(version, force=force, schema=load_schema(schema_path))
     if not result.promoted and result.previous != version:
         raise PromotionRefused(f"{version} not promoted: {result.reason}")
     out.print(f"{'promoted' if result.promoted else 'unchanged'}: {result.reason}")
@@ -248,6 +269,26 @@ def train(
     ] = False,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Try to promote the new version.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Promote even if worse than the current model.")] = False,
+    keep_versions: Annotated[
+        int,
+        typer.Option(
+            "--keep-versions",
+            envvar="WORKBENCH_KEEP_VERSIONS",
+            min=1,
+            help="Keep the newest N versions (and always the current and previous ones); delete older ones.",
+        ),
+    ] = 10,
+    skipped_exit_code: Annotated[
+        int,
+        typer.Option(
+            "--skipped-exit-code",
+            envvar=SKIPPED_EXIT_ENV,
+            min=0,
+            max=255,
+            help=f"Exit code when --if-new-data finds nothing new (the backend's jobs use {SKIPPED_EXIT_CODE}).",
+        ),
+    ] = 0,
+    job_token: Annotated[Path | None, typer.Option("--job-token", envvar=JOB_TOKEN_ENV, hidden=True)] = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder folder or Hub name (default: all-MiniLM-L6-v2).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Most training epochs (early stopping may end sooner).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
@@ -328,6 +369,9 @@ def train(
         promote=promote,
         force=force,
         args=args,
+        keep_versions=keep_versions,
+        skipped_exit_code=skipped_exit_code,
+        job_token=job_token,
     )
     raise typer.Exit(code)
 
@@ -363,9 +407,11 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="The version to serve.")],
     models: ModelsOption = DEFAULT_MODELS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Skip the comparison with the current model.")] = False,
+    schema: SchemaOption = None,
 ) -> None:
-    """Serve VERSION if it is not worse than the current model on the same held-out examples."""
-    raise typer.Exit(models_promote_command(version, models, force))
+    """Serve VERSION if its labels fit the schema and it is not worse than the current model on the same held-out
+    examples."""
+    raise typer.Exit(models_promote_command(version, models, force, schema))
 
 
 @models_app.command("rollback")

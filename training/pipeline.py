@@ -85,8 +85,14 @@ def run_training(
     promote: bool = True,
     force: bool = False,
     source: str = "",
+    keep_versions: int | None = None,
+    job_token: str | os.PathLike | None = None,
 ) -> TrainingOutcome:
-    """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`."""
+    """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`.
+
+    `keep_versions`: afterwards, prune the registry to the newest N versions (None: keep all). `job_token`: set by
+    the backend's job runner; the promotion happens only if the token is still there (see `Registry.promote`).
+    """
     args = args or TrainingArguments()
     registry = Registry(models_dir)
     started = time.perf_counter()
@@ -211,12 +217,20 @@ def run_training(
     promotion = None
     if promote:
         mark = time.perf_counter()
-        promotion = registry.promote(version, force=force)
+        promotion = registry.promote(version, force=force, schema=schema, job_token=job_token)
         timings["promote_seconds"] = time.perf_counter() - mark
+    pruned: list[str] = []
+    if keep_versions is not None:
+        try:
+            pruned = registry.prune(keep_versions)
+        except (WorkbenchError, OSError) as error:  # the new version is saved: a failed clean-up must not undo that
+            log.warning("could not prune old model versions: %s", error)
     timings["total_seconds"] = time.perf_counter() - started
     message = f"trained {version} on {len(accepted.examples)} tasks (splits {splits})"
     if promotion is not None:
         message += f"; {'promoted' if promotion.promoted else 'not promoted'}: {promotion.reason}"
+    if pruned:
+        message += f"; removed {len(pruned)} old version(s), keeping the newest {keep_versions}"
     return TrainingOutcome(
         "trained", message, digest, accepted, version, model_dir, promotion, metrics, timings=timings
     )

@@ -9,6 +9,10 @@ A version folder is written under a hidden temporary name and renamed when compl
 with os.replace, so a crash never leaves a half-written model or pointer visible. Versions look like
 `20261122T193000-<8 hex of the data hash>` (unique, sortable by time). Promotion pushes a version on a stack kept
 in the history; rollback pops it. This module imports no torch: the backend polls `current_model()` cheaply.
+
+It also holds the contract between the backend's job runner and the `workbench train` it starts (a job token,
+the exit code of a skipped run) and `model_problem`, the one check that a model's label maps fit a schema, used
+by promotion and by the backend before it serves a model.
 """
 
 from __future__ import annotations
@@ -17,18 +21,34 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annotation_config.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from annotation_config.schema import Schema
+
+log = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.json"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
+LABEL_MAPS_FILE = "label_maps.json"
+TRASH_PREFIX = ".trash-"  # a version being deleted: renamed to this hidden name first, then removed
+
+# Jobs the backend starts (backend/jobs.py). The runner creates an empty token file and names it in
+# JOB_TOKEN_ENV; the job may promote only if it removes the token first (`claim_job_token`), and the runner removes
+# it when it gives up on the job, so exactly one side wins. A run that `--if-new-data` skipped exits with the
+# code in SKIPPED_EXIT_ENV (the runner sets SKIPPED_EXIT_CODE) instead of 0, so the runner can report "skipped".
+JOB_TOKEN_ENV = "WORKBENCH_JOB_TOKEN"
+SKIPPED_EXIT_ENV = "WORKBENCH_SKIPPED_EXIT_CODE"
+SKIPPED_EXIT_CODE = 3
 GATE_SPLITS = ("test", "validation")  # the candidate's held-out rows the gate compares on, first non-empty wins
 
 # (model folder, rows) -> evaluation report with a "primary" score; the default runs training.evaluation.
@@ -92,6 +112,61 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def claim_job_token(path: str | os.PathLike) -> bool:
+    """Take a job token: True for the one caller whose unlink removed it, False for every caller after that.
+
+    unlink is atomic, so the job (just before it promotes) and the runner (when it gives up on the job) can race
+    for it without a lock: if the runner wins the job never promotes, if the job wins the runner knows it did.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def model_problem(folder: str | os.PathLike, schema: Schema, version: str | None = None) -> str | None:
+    """Why the model in `folder` cannot serve `schema` (one line), or None when its label maps fit it.
+
+    Fits: the same dimensions, each of the same kind, reading the same text field, with the same set of labels
+    (the order may differ: the model names its outputs with its own label list).
+    """
+    folder = Path(folder)
+    name, theirs = f"model {version or folder.name}", f"schema {schema.name!r}"
+    path = folder / LABEL_MAPS_FILE
+    try:
+        maps = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{name} has no {LABEL_MAPS_FILE}, so it cannot be checked against {theirs}"
+    except (OSError, ValueError) as error:
+        return f"{name}: unreadable {LABEL_MAPS_FILE} ({error})"
+    if not isinstance(maps, dict) or not all(isinstance(entry, dict) for entry in maps.values()):
+        return f"{name}: {LABEL_MAPS_FILE} is not a mapping of dimension -> label map"
+    wanted = {dim.name: dim for dim in schema.dimensions}
+    missing = [n for n in wanted if n not in maps]
+    extra = [n for n in maps if n not in wanted]
+    if missing:
+        return f"{name} has no dimension {', '.join(map(repr, missing))} but {theirs} has"
+    if extra:
+        return f"{name} has dimension {', '.join(map(repr, extra))} but {theirs} has not"
+    for dim in schema.dimensions:
+        entry = maps[dim.name]
+        if entry.get("kind") != dim.kind:
+            return f"{name}: dimension {dim.name!r} is {entry.get('kind')!r} but {theirs} has {dim.kind!r}"
+        id2label = entry.get("id2label") or {}
+        try:  # JSON keys are strings: "0", "1", ...
+            labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            return f"{name}: dimension {dim.name!r} has an unreadable id2label in {LABEL_MAPS_FILE}"
+        if sorted(labels) != sorted(dim.values):
+            return f"{name}: dimension {dim.name!r} has labels {labels} but {theirs} has {dim.values}"
+        field = str(entry.get("view") or "").split("|")[0]  # the view is "<field>" or "<field>|<target id>"
+        want = dim.field or schema.data.text
+        if field and field != want:
+            return f"{name}: dimension {dim.name!r} reads field {field!r} but {theirs} reads {want!r}"
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -270,19 +345,34 @@ class Registry:
         force: bool = False,
         evaluate: Evaluator | None = None,
         tolerance: float = 0.0,
+        *,
+        schema: Schema | None = None,
+        job_token: str | os.PathLike | None = None,
     ) -> PromotionResult:
         """Make `version` current if it is not worse than the current model on the candidate's held-out rows.
 
         Both models are scored with the same primary metric on the same rows (the candidate's test split, or its
         validation split when the test split is empty). A refusal is recorded in the history and returned with
-        its reason; `force=True` skips the comparison.
+        its reason; `force=True` skips the comparison. With `schema`, a model whose label maps do not fit it is
+        refused, forced or not (it could not serve). With `job_token` (a backend job), the promotion happens only
+        if this call claims the token: a job the backend gave up on never promotes.
         """
         folder = self.path(version)
         with self._locked() as data:
             current = data["current"]
             if current == version:
                 return PromotionResult(False, version, current, f"{version} is already the current model")
-            result = self._gate(version, folder, current, force, evaluate or _default_evaluator, tolerance)
+            if not (folder / MANIFEST_FILE).exists():  # pruned between path() and the lock
+                raise RegistryError(f"model version {version!r} was removed from {self.root}")
+            problem = model_problem(folder, schema, version) if schema is not None else None
+            if problem is not None:
+                result = PromotionResult(False, version, current, problem)
+            else:
+                result = self._gate(version, folder, current, force, evaluate or _default_evaluator, tolerance)
+            # Claimed last, under the lock and after the slow gate, so a give-up during the gate still wins.
+            if result.promoted and job_token is not None and not claim_job_token(job_token):
+                reason = "the backend gave up on this training job (timed out or shutting down)"
+                result = PromotionResult(False, version, current, reason)
             entry = {
                 "action": "promote" if result.promoted else "refused",
                 "version": version,
@@ -347,6 +437,44 @@ class Registry:
         )
         return PromotionResult(False, version, current, reason, candidate_score, current_score, split)
 
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current or the previous one; returns what went.
+
+        Crash-safe: under the registry lock (no promotion or rollback can pick a version meanwhile) each folder is
+        renamed to a hidden `.trash-*` name, which removes it from every listing at once and whole; the trash is
+        then deleted. A crash in between leaves only hidden trash, which the next prune removes.
+        """
+        if keep < 1:
+            raise RegistryError(f"keep at least one model version (got {keep})")
+        removed: list[str] = []
+        with self._locked() as data:
+            stack = self.stack()
+            protected = {data["current"], *stack[-2:]}  # the current one and the rollback target
+            for version in self.versions()[:-keep]:
+                if version in protected:
+                    continue
+                try:
+                    os.rename(self.root / version, self.root / f"{TRASH_PREFIX}{version}-{os.getpid()}")
+                except OSError as error:  # left in place: the next prune tries again
+                    log.warning("could not remove model version %s: %s", version, error)
+                    continue
+                removed.append(version)
+            _fsync_dir(self.root)
+        for trash in self.root.glob(f"{TRASH_PREFIX}*"):  # ours, and any a crashed prune left
+            shutil.rmtree(trash, ignore_errors=True)
+        return removed
+
+    def fallback_versions(self) -> list[str]:
+        """Versions to serve when the current one cannot, best first: the promotion stack from the top down, then
+        every other complete version, newest first."""
+        present = self.versions()
+        try:
+            stack = self.stack()
+        except RegistryError:  # an unreadable pointer file: only the folders are known
+            stack = []
+        order = [v for v in reversed(stack) if v in present]
+        return list(dict.fromkeys(order + present[::-1]))
+
     def rollback(self) -> str:
         """Switch back to the version that was current before the current one was promoted; returns it."""
         with self._locked() as data:
@@ -387,6 +515,12 @@ def current_model(models_dir: str | os.PathLike) -> tuple[str, Path] | None:
     return (version, registry.path(version)) if version else None
 
 
+def serving_candidates(models_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(version, folder) of every version the backend may fall back to, best first (see `fallback_versions`)."""
+    registry = Registry(models_dir)
+    return [(version, registry.root / version) for version in registry.fallback_versions()]
+
+
 def list_versions(models_dir: str | os.PathLike) -> list[str]:
     """All complete versions, oldest first."""
     return Registry(models_dir).versions()
@@ -397,9 +531,11 @@ def current(models_dir: str | os.PathLike) -> str | None:
     return Registry(models_dir).current()
 
 
-def promote(models_dir: str | os.PathLike, version: str, force: bool = False) -> PromotionResult:
+def promote(
+    models_dir: str | os.PathLike, version: str, force: bool = False, schema: Schema | None = None
+) -> PromotionResult:
     """Promote a version through the gate (see `Registry.promote`)."""
-    return Registry(models_dir).promote(version, force=force)
+    return Registry(models_dir).promote(version, force=force, schema=schema)
 
 
 def rollback(models_dir: str | os.PathLike) -> str:
