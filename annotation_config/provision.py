@@ -41,6 +41,7 @@ class ProvisionResult:
     config_updated: bool
     imported: int
     skipped: int
+    view_id: int | None = None  # the "Least certain first" Data Manager tab
 
 
 def connect(ls_url: str, api_key: str) -> Any:
@@ -180,6 +181,8 @@ def provision(client: Any, schema: Schema, tasks: list[dict], title: str, ls_url
     for batch in _batches(new, IMPORT_BATCH):
         payload = [{"data": task_data(task, schema)} for task in batch]
         call(lambda p=payload: client.projects.import_tasks(id=project.id, request=p), "import tasks")
+    data_fields = {field for task in tasks for field in task}
+    view_id = ensure_uncertainty_view(client, project.id, schema, data_fields)
     return ProvisionResult(
         project_id=project.id,
         url=f"{ls_url.rstrip('/')}/projects/{project.id}/data",
@@ -187,7 +190,90 @@ def provision(client: Any, schema: Schema, tasks: list[dict], title: str, ls_url
         config_updated=config_updated,
         imported=len(new),
         skipped=len(tasks) - len(new),
+        view_id=view_id,
     )
+
+
+# The Data Manager tab `provision` sets up: tasks ordered by prediction score ascending, so the least certain
+# suggestions (backend.uncertainty's task score) come first; tasks without a prediction sort last (NULLS LAST).
+UNCERTAINTY_VIEW_TITLE = "Least certain first"
+SCORE_COLUMN = "tasks:predictions_score"
+# Label Studio 1.23's built-in task columns (data_manager/functions.py get_all_columns), as the Data Manager names
+# them in a tab's hiddenColumns. Ids a server does not know are dropped by the Data Manager when it loads the tab.
+TASK_COLUMNS = (
+    "tasks:id",
+    "tasks:inner_id",
+    "tasks:completed_at",
+    "tasks:total_annotations",
+    "tasks:cancelled_annotations",
+    "tasks:total_predictions",
+    "tasks:annotators",
+    "tasks:annotations_results",
+    "tasks:annotations_ids",
+    SCORE_COLUMN,
+    "tasks:predictions_model_versions",
+    "tasks:predictions_results",
+    "tasks:file_upload",
+    "tasks:storage_filename",
+    "tasks:created_at",
+    "tasks:updated_at",
+    "tasks:updated_by",
+    "tasks:avg_lead_time",
+    "tasks:draft_exists",
+)
+
+
+def uncertainty_view_columns(schema: Schema) -> dict[str, set[str]]:
+    """The columns the tab shows, per Data Manager mode: the labelled text, the counts and the prediction score."""
+    fields = {schema.data.text, *(dim.field or schema.data.text for dim in schema.dimensions)}  # what is labelled
+    texts = {f"tasks:data.{field}" for field in fields}
+    return {
+        "explore": {"tasks:id", *texts, "tasks:total_annotations", "tasks:total_predictions", SCORE_COLUMN},
+        "labeling": {*texts, "tasks:total_annotations", SCORE_COLUMN},  # the narrow task list beside the editor
+    }
+
+
+def uncertainty_view_data(schema: Schema, data_fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The tab's `data`, in the shape Label Studio's Data Manager saves a tab (title, ordering, hiddenColumns ...)."""
+    shown = uncertainty_view_columns(schema)
+    every = [*TASK_COLUMNS, *(f"tasks:data.{field}" for field in sorted({*schema.data.all_fields, *data_fields}))]
+    return {
+        "title": UNCERTAINTY_VIEW_TITLE,
+        "type": "list",
+        "target": "tasks",
+        "ordering": [SCORE_COLUMN],  # ascending; "-tasks:predictions_score" would be descending
+        "filters": {"conjunction": "and", "items": []},
+        "hiddenColumns": {mode: [c for c in every if c not in visible] for mode, visible in shown.items()},
+    }
+
+
+def ensure_uncertainty_view(client: Any, project_id: int, schema: Schema, data_fields: Iterable[str] = ()) -> int:
+    """Create the "Least certain first" tab, or fix up the one with that title; returns its id (never duplicates).
+
+    An existing tab keeps what annotators changed (widths, filters, extra columns); only the ordering and the
+    columns this tab is for (text, counts, score) are put back.
+    """
+    wanted = uncertainty_view_data(schema, data_fields)
+    views = call(lambda: list(client.views.list(project=project_id)), "list Data Manager tabs")
+    existing = next((v for v in views if (v.data or {}).get("title") == UNCERTAINTY_VIEW_TITLE), None)
+    if existing is None:
+        view = call(lambda: client.views.create(project=project_id, data=wanted), "create the Data Manager tab")
+        return int(view.id)
+    # filters live in their own table and selectedItems in their own field: leave both out so they stay as they are
+    data = {k: v for k, v in (existing.data or {}).items() if k not in ("filters", "selectedItems")}
+    shown = uncertainty_view_columns(schema)
+    hidden = data.get("hiddenColumns") or wanted["hiddenColumns"]
+    fixed = {
+        **data,
+        "ordering": wanted["ordering"],
+        "hiddenColumns": {mode: [c for c in hidden.get(mode, []) if c not in shown[mode]] for mode in shown},
+    }
+    if fixed != data:
+        call(
+            lambda: client.views.update(id=str(existing.id), project=project_id, data=fixed),
+            "update the Data Manager tab",
+        )
+    return int(existing.id)
 
 
 def _instructions_html(schema: Schema) -> str:

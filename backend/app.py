@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from annotation_config.schema import Schema, load_schema
 from backend.holder import ModelHolder
 from backend.jobs import JobRunner, default_launcher
+from backend.ladder import Ladder
 from backend.metrics import Metrics
 from backend.middleware import Guard
 from backend.predictor import Predictor
@@ -40,6 +42,7 @@ class Service:
     versions: Any  # () -> list of registry versions
     projects: dict[str, dict[str, str]] = field(default_factory=dict)  # project id -> LS hostname/token from /setup
     setup_hosts: Any = None  # SetupHosts: which /setup hostnames are kept
+    ladder: Any = None  # Ladder: which rung serves each project
     record_lock: threading.Lock = field(default_factory=threading.Lock)
     recorded: int = 0
 
@@ -134,15 +137,7 @@ def training_command(settings: Settings, service_projects: dict[str, dict[str, s
             argv += ["--schema", str(settings.schema_path)]
         env: dict[str, str] = {}
         project_id = (project or "").split(".")[0]
-        known = service_projects.get(project_id, {})
-        if known.get("hostname") and origin(known["hostname"]) not in settings.label_studio_urls:
-            known = {}  # stored before the allow-list changed, or by mistake: never used
-        server_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
-        configured = settings.label_studio_url
-        if known and not (configured and origin(known["hostname"]) == origin(configured)):
-            url, key = known["hostname"], known.get("access_token")  # another allowed server: its own token only
-        else:
-            url, key = configured, server_key or known.get("access_token")
+        url, key = label_studio_for(settings, service_projects, project_id)
         if url and project_id:
             argv += ["--ls-url", url, "--project", project_id]
         if key:
@@ -150,6 +145,39 @@ def training_command(settings: Settings, service_projects: dict[str, dict[str, s
         return argv, env
 
     return build
+
+
+def label_studio_for(
+    settings: Settings, service_projects: Mapping[str, Mapping[str, str]], project_id: str
+) -> tuple[str | None, str | None]:
+    """(URL, token) of the Label Studio that holds a project, for training jobs and the instant learners' start-up.
+
+    The one rule: LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, unless the project's /setup named another server of
+    WORKBENCH_ALLOWED_LS_URLS, which then gets only the token that /setup sent. The server's own key never goes to
+    a host that a request named.
+    """
+    known = service_projects.get(project_id, {})
+    if known.get("hostname") and origin(known["hostname"]) not in settings.label_studio_urls:
+        known = {}  # stored before the allow-list changed, or by mistake: never used
+    server_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+    configured = settings.label_studio_url
+    if known and not (configured and origin(known["hostname"]) == origin(configured)):
+        return known["hostname"], known.get("access_token")  # another allowed server: its own token only
+    return configured, server_key or known.get("access_token")
+
+
+def project_loader(settings: Settings, service_projects: Mapping[str, Mapping[str, str]]):
+    """Reads a project's tasks with their annotations from the configured Label Studio (None: none configured)."""
+
+    def load(project_id: str) -> list[dict] | None:
+        url, key = label_studio_for(settings, service_projects, project_id)
+        if not (url and key and project_id.isdigit()):
+            return None
+        from annotation_config.provision import connect, export_tasks
+
+        return export_tasks(connect(url, key), int(project_id))
+
+    return load
 
 
 class SetupHosts:
@@ -216,6 +244,9 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     )
     service = Service(settings, schema, holder, jobs, metrics, versions, projects)
     service.setup_hosts = SetupHosts(settings, projects)
+    service.ladder = Ladder(schema, holder, project_loader(settings, projects) if settings.instant_learner else None)
+    if not settings.instant_learner:
+        service.ladder.enabled, service.ladder.disabled_reason = False, "WORKBENCH_INSTANT_LEARNER=false"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -223,6 +254,7 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         service.jobs.warm_up()
         yield
         holder.stop()
+        service.ladder.stop()
         service.jobs.stop()
 
     app = FastAPI(

@@ -65,6 +65,11 @@ class ModelHolder:
             self._cold_start = self._cold_start_factory()
         return self._cold_start
 
+    @property
+    def cold_start(self) -> Predictor:
+        """The cold-start predictor (the instant learners' fallback and feature source)."""
+        return self._fallback()
+
     def refresh(self) -> bool:
         """Serve the promoted model if it changed; True when a swap happened. Never raises."""
         with self._load_lock:

@@ -83,9 +83,10 @@ class WebhookEvent(_Open):
 
     action: str
     project: dict[str, Any] | None = None
-    annotation: dict[str, Any] | None = None
+    # ANNOTATIONS_CREATED (bulk) carries lists under the singular keys.
+    annotation: dict[str, Any] | list[dict[str, Any]] | None = None
     annotations: list[dict[str, Any]] | None = None
-    task: dict[str, Any] | None = None
+    task: dict[str, Any] | list[dict[str, Any]] | None = None
 
 
 class WebhookResponse(BaseModel):
@@ -100,6 +101,9 @@ class Health(BaseModel):
     status: Literal["UP"]
     model_version: str
     model_kind: str | None = None
+    rung: Literal["cold-start", "instant", "trained"] | None = None
+    rung_reason: str | None = None
+    instant: dict[str, Any] | None = Field(default=None, description="Per project: its instant learner's state.")
     schema_hash: str | None = None
     training: dict[str, Any] | None = None
     last_reload_error: str | None = None
@@ -108,6 +112,8 @@ class Health(BaseModel):
 class Versions(BaseModel):
     versions: list[str]
     current: str
+    rung: Literal["cold-start", "instant", "trained"] | None = None
+    rung_reason: str | None = None
 
 
 class ErrorItem(BaseModel):

@@ -47,19 +47,24 @@ async def _record(request: Request, route: str) -> None:
 @router.get("/health", response_model=Health)
 @router.get("/", response_model=Health, include_in_schema=False)
 def health(request: Request) -> Any:
-    """Liveness plus what serves: the model version, cold start or trained, and the training job status.
+    """Liveness plus what serves: the model version, its rung of the ladder and why, the instant learners, and the
+    training job status. The version is that of the only project seen so far, else the cold start / fine-tuned one.
 
     With basic auth on, a caller without credentials gets only what Label Studio needs (status, model version):
     job details, log paths and errors are for the operator.
     """
     service = _service(request)
-    current = service.holder.current
+    rung = service.ladder.serving(None)
+    current = rung.predictor
     if not getattr(request.state, "authorized", True):
         return JSONResponse({"status": "UP", "model_version": current.model_version})
     return Health(
         status="UP",
         model_version=current.model_version,
         model_kind=current.kind,
+        rung=rung.name,
+        rung_reason=rung.reason,
+        instant=service.ladder.snapshot(),
         schema_hash=service.schema.hash,
         training=service.jobs.snapshot(),
         last_reload_error=service.holder.last_error,
@@ -79,7 +84,9 @@ async def setup(body: SetupRequest, request: Request) -> Any:
             )
             return _error(422, ["body", "schema"], message, "schema_mismatch")
     service.setup_hosts.remember(body.project, body.hostname, body.access_token)
-    return SetupResponse(model_version=service.holder.current.model_version)
+    service.ladder.seen(body.project)  # first time: the project's stored annotations teach its instant learner
+    # Label Studio skips tasks holding a prediction of this version: a new instant fit gives a new one.
+    return SetupResponse(model_version=service.ladder.serving(body.project).predictor.model_version)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
@@ -109,7 +116,9 @@ def predict(body: PredictRequest, request: Request) -> Any:
                     "(WORKBENCH_MAX_TEXT_CHARS)"
                 )
                 return _error(413, loc, message, "too_long")
-    predictor = service.holder.current  # one model for the whole request, even if a new one is promoted meanwhile
+    service.ladder.seen(body.project)
+    # One model for the whole request, even if a new one is fitted or promoted meanwhile.
+    predictor = service.ladder.serving(body.project).predictor
     datas = [task.data for task in body.tasks]
     predictions = predictor.predict(datas)
     results = [
@@ -146,6 +155,7 @@ async def webhook(event: WebhookEvent, request: Request) -> Any:
         force = bool((event.model_extra or {}).get("force"))  # not sent by Label Studio: for scripts and tests
         status = service.jobs.submit("START_TRAINING", project, force=force)
     elif event.action in TRAINING_EVENTS:
+        service.ladder.apply(project, event.model_dump())  # fast: the refit runs in the learner's own thread
         status = service.jobs.annotation_changed(project)
     else:
         status = "ignored"
@@ -160,19 +170,27 @@ def _project_id(event: WebhookEvent) -> str | None:
 
 @router.get("/versions", response_model=Versions)
 def versions(request: Request) -> Versions:
-    """The model versions available: the cold start and every trained model in the registry."""
+    """The model versions available: the cold start, the instant learners' and every trained model in the registry;
+    which one serves, on which rung and why."""
     service = _service(request)
     cold_start = f"cold-start-{service.schema.hash}"
     try:
         trained = service.versions()
     except Exception:
         trained = []
-    return Versions(versions=[cold_start, *trained], current=service.holder.current.model_version)
+    rung = service.ladder.serving(None)
+    return Versions(
+        versions=[cold_start, *service.ladder.versions(), *trained],
+        current=rung.predictor.model_version,
+        rung=rung.name,
+        rung_reason=rung.reason,
+    )
 
 
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus text: requests, latency, model version, predictions by dimension and label, training jobs."""
     service = _service(request)
-    service.metrics.serving(service.holder.current.model_version, service.holder.current.kind)
+    current = service.ladder.serving(None).predictor
+    service.metrics.serving(current.model_version, current.kind)
     return Response(service.metrics.render(), media_type=service.metrics.content_type)

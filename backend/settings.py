@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         "(comma-separated). Other hostnames from /setup are ignored.",
     )
 
+    instant_learner: bool = Field(
+        default=True,
+        description="Learn from every accepted annotation (per project) and serve that until a fine-tuned model is "
+        "promoted; false: cold start until then.",
+    )
     reload_interval: float = Field(default=2.0, gt=0, description="Seconds between checks for a newly promoted model.")
     train_every: int = Field(
         default=0, ge=0, description="Start training after this many new accepted annotations (0: only on request)."

@@ -138,6 +138,8 @@ def test_versions_and_metrics(client, schema, sample_tasks):
     assert client.get("/versions").json() == {
         "versions": [f"cold-start-{schema.hash}"],
         "current": f"cold-start-{schema.hash}",
+        "rung": "cold-start",
+        "rung_reason": "no accepted annotation yet",
     }
     client.post("/predict", json={"tasks": [{"data": sample_tasks[0]}]})
     text = client.get("/metrics").text

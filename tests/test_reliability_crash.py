@@ -54,7 +54,9 @@ def promoted(schema, tmp_path_factory) -> tuple[Path, str, Path]:
     export = write_export(base / "export.json")
     threads = torch.get_num_threads()
     try:
-        outcome = run_training(synthetic_export(), schema, base / "models", TINY, source=str(export))
+        outcome = run_training(
+            synthetic_export(), schema, base / "models", TINY, source=str(export), instant_rival=False
+        )
     finally:
         torch.set_num_threads(threads)
     assert outcome.promoted

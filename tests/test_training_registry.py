@@ -353,3 +353,32 @@ def test_train_prunes_to_workbench_keep_versions_after_the_run(tmp_path, schema)
     assert new not in (old, previous) and "removed 3 old version(s), keeping the newest 1" in done.stdout
     assert registry.versions() == [previous, new]  # the newest one, which is current, and the rollback target
     assert not {old, rolled_back, candidate} & set(registry.versions()) and not list(models.glob(".trash-*"))
+
+
+def _with_instant_rival(registry: Registry, version: str, rival: float | None) -> None:
+    path = registry.root / version / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["instant_learner"] = {"split": "test", "n": 1, "primary": rival, "model_version": "instant-x"}
+    path.write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize(
+    ("candidate", "rival", "force", "promoted"),
+    [(0.40, 0.60, False, False), (0.60, 0.60, False, True), (0.70, 0.60, False, True), (0.40, 0.60, True, True)],
+)
+def test_the_first_fine_tuned_model_must_beat_the_instant_learner(tmp_path, candidate, rival, force, promoted):
+    registry = Registry(tmp_path)
+    version = add_version(registry, "20261202T000000-aaaaaaaa", candidate)
+    _with_instant_rival(registry, version, rival)
+    result = registry.promote(version, force=force, evaluate=fake_evaluator)
+    assert result.promoted is promoted
+    assert registry.current() == (version if promoted else None)
+    if not promoted:
+        assert "instant learner" in result.reason and f"{candidate:.4f} < {rival:.4f}" in result.reason
+        assert registry.read()["history"][-1]["action"] == "refused"  # the instant learner keeps serving
+
+
+def test_without_an_instant_learner_score_the_first_model_is_promoted(tmp_path):
+    registry = Registry(tmp_path)
+    version = add_version(registry, "20261202T000000-bbbbbbbb", 0.1)
+    assert registry.promote(version, evaluate=fake_evaluator).promoted

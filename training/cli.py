@@ -53,6 +53,7 @@ def train_command(
     keep_versions: int | None = None,
     skipped_exit_code: int = 0,
     job_token: Path | None = None,
+    instant_rival: bool = True,
 ) -> int:
     """Train on `tasks` (or an export file), register the version, try to promote it; print a summary.
 
@@ -84,6 +85,7 @@ def train_command(
         source=source,
         keep_versions=keep_versions,
         job_token=job_token,
+        instant_rival=instant_rival,
     )
     accepted = outcome.accepted
     if outcome.status == "skipped":
@@ -269,6 +271,15 @@ def train(
     ] = False,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Try to promote the new version.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Promote even if worse than the current model.")] = False,
+    instant_rival: Annotated[
+        bool,
+        typer.Option(
+            "--instant-rival/--no-instant-rival",
+            envvar="WORKBENCH_INSTANT_LEARNER",
+            help="While no fine-tuned model is promoted, promote only if it beats the instant learner on the same "
+            "held-out rows (the backend serves the instant learner until then).",
+        ),
+    ] = True,
     keep_versions: Annotated[
         int,
         typer.Option(
@@ -372,6 +383,7 @@ def train(
         keep_versions=keep_versions,
         skipped_exit_code=skipped_exit_code,
         job_token=job_token,
+        instant_rival=instant_rival,
     )
     raise typer.Exit(code)
 

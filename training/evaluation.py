@@ -25,6 +25,7 @@ from training.calibration import (
     reliability_bins,
 )
 
+ABSTAIN_LABELS = ("none", "not_applicable", "neutral", "other")  # see evaluate_predictions
 PRIMARY = "mean over dimensions of macro-F1 (single, multi) and partial span F1 (spans)"
 STANCE_POLES = ("favor", "against")
 
@@ -179,6 +180,41 @@ def evaluate_outputs(
         report["stance_f_avg"] = float(np.mean([per_pole[pole]["f1"] for pole in STANCE_POLES]))
     report["primary"] = primary_score(report)
     return report
+
+
+def evaluate_predictions(schema: Any, gold: Sequence[Mapping[str, Any]], predictions: Sequence[Any]) -> dict[str, Any]:
+    """A report for any predictor's answers (annotation_config.regions.Prediction) against gold label records.
+
+    The answer counts, not its score: a single choice is one-hot on the label given. A question the predictor left
+    unanswered (an abstaining cold start) counts as the schema's "none"-like label, the first of `ABSTAIN_LABELS`
+    the dimension has, else as its first label: abstaining is not free.
+    """
+    dimensions = [
+        {"name": d.name, "kind": d.kind, "labels": list(d.values), "target": {"id": d.target.id, "name": d.target.name}}
+        if d.target
+        else {"name": d.name, "kind": d.kind, "labels": list(d.values)}
+        for d in schema.dimensions
+    ]
+    probs: dict[str, np.ndarray] = {}
+    spans: dict[str, list[list[Mapping[str, Any]]]] = {}
+    for dim in dimensions:
+        name, labels = dim["name"], dim["labels"]
+        if dim["kind"] == "spans":
+            spans[name] = [list(p.labels.get(name) or []) for p in predictions]
+            continue
+        matrix = np.zeros((len(predictions), len(labels)))
+        for i, prediction in enumerate(predictions):
+            answer = prediction.labels.get(name)
+            if dim["kind"] == "single":
+                if answer not in labels:
+                    answer = next((v for v in ABSTAIN_LABELS if v in labels), labels[0])
+                matrix[i, labels.index(answer)] = 1.0
+            else:
+                for value in answer or []:
+                    if value in labels:
+                        matrix[i, labels.index(value)] = 1.0
+        probs[name] = matrix
+    return evaluate_outputs(dimensions, list(gold), probs, spans)
 
 
 def primary_score(report: Mapping[str, Any]) -> float | None:

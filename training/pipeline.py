@@ -87,11 +87,14 @@ def run_training(
     source: str = "",
     keep_versions: int | None = None,
     job_token: str | os.PathLike | None = None,
+    instant_rival: bool = True,
 ) -> TrainingOutcome:
     """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`.
 
     `keep_versions`: afterwards, prune the registry to the newest N versions (None: keep all). `job_token`: set by
     the backend's job runner; the promotion happens only if the token is still there (see `Registry.promote`).
+    `instant_rival`: while no fine-tuned model is promoted, the candidate must also beat the instant learner (the
+    rung that serves then) fitted on its training rows and scored on its test rows (training/instant_rival.py).
     """
     args = args or TrainingArguments()
     registry = Registry(models_dir)
@@ -165,6 +168,18 @@ def run_training(
         raw = out.probabilities(config.dimensions)
         metrics[name] = evaluate_outputs(config.dimensions, rows, probs, out.spans, raw)
     timings["evaluate_seconds"] = time.perf_counter() - mark
+
+    # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
+    if promote and instant_rival and not force and registry.current() is None and outputs["test"][0]:
+        mark = time.perf_counter()
+        from training.instant_rival import instant_rival_report
+
+        train_rows = [*dataset["train"], *dataset["validation"]]
+        try:
+            metrics["instant_learner"] = instant_rival_report(schema, train_rows, outputs["test"][0])
+        except Exception as error:  # the rival is a safeguard: without it the usual gate still applies
+            log.warning("could not score the instant learner for the gate: %s", error)
+        timings["instant_rival_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     version = registry.new_version(digest)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from annotation_config.regions import Prediction
+from backend.uncertainty import Kind, task_score
 from training.calibration import Temperature, load_calibration, sigmoid, softmax
 from training.embedding import on_torch_thread
 from training.encoder import configure_threads, length_buckets
@@ -226,17 +227,21 @@ class TrainedPredictor:
     def _prediction(self, i: int, probs: Mapping[str, np.ndarray], raw: ModelOutputs) -> Prediction:
         labels: dict[str, Any] = {}
         scores: dict[str, float] = {}
+        distributions: dict[str, tuple[Kind, np.ndarray]] = {}
         for dim in self.dimensions:
             name, values = dim["name"], dim["labels"]
             if dim["kind"] == "single":
                 p = probs[name][i]
                 best = int(p.argmax())
                 labels[name], scores[name] = values[best], float(p[best])
+                distributions[name] = ("single", p)
             elif dim["kind"] == "multi":
                 p = probs[name][i]
                 labels[name] = [v for v, q in zip(values, p, strict=True) if q >= MULTI_THRESHOLD]
                 scores[name] = float(np.maximum(p, 1.0 - p).min())
+                distributions[name] = ("multi", p)
             else:
                 labels[name] = [dict(span) for span in raw.spans[name][i]]
-        score = float(np.mean(list(scores.values()))) if scores else 0.0
-        return Prediction(labels=labels, scores=scores, score=score)
+        # the task score is the documented uncertainty measure every rung shares (backend.uncertainty), computed on
+        # the calibrated distributions, so the "least certain first" tab sorts trained suggestions the same way
+        return Prediction(labels=labels, scores=scores, score=task_score(distributions))

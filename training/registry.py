@@ -392,7 +392,7 @@ class Registry:
         self, version: str, folder: Path, current: str | None, force: bool, evaluate: Evaluator, tolerance: float
     ) -> PromotionResult:
         if current is None:
-            return PromotionResult(True, version, None, "first promoted model")
+            return self._against_instant_learner(version, force)
         if force:
             return PromotionResult(True, version, current, f"forced over {current}")
         if not (self.root / current / MANIFEST_FILE).exists():
@@ -436,6 +436,26 @@ class Registry:
             f"(mean macro-F1) {where}; use --force to promote anyway"
         )
         return PromotionResult(False, version, current, reason, candidate_score, current_score, split)
+
+    def _against_instant_learner(self, version: str, force: bool) -> PromotionResult:
+        """The first fine-tuned model replaces the instant learner only if it scores at least as well on the same
+        held-out rows (metrics.json's "instant_learner", written by the training run)."""
+        metrics = self.metrics(version)
+        rival = metrics.get("instant_learner") or {}
+        rival_score, split = rival.get("primary"), rival.get("split", "test")
+        candidate_score = (metrics.get(split) or {}).get("primary")
+        if force or rival_score is None or candidate_score is None:
+            return PromotionResult(True, version, None, "first promoted model", candidate_score, rival_score, split)
+        where = f"on the candidate's {split} split (n={rival.get('n')})"
+        if candidate_score >= rival_score:
+            reason = f"first promoted model; beats the instant learner: {candidate_score:.4f} vs {rival_score:.4f}"
+            reason += f" {where}"
+            return PromotionResult(True, version, None, reason, candidate_score, rival_score, split)
+        reason = (
+            f"worse than the instant learner that serves now: {candidate_score:.4f} < {rival_score:.4f} "
+            f"(mean macro-F1) {where}; it keeps serving (use --force to promote anyway)"
+        )
+        return PromotionResult(False, version, None, reason, candidate_score, rival_score, split)
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current or the previous one; returns what went.

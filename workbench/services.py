@@ -74,6 +74,10 @@ def label_studio_env(
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
     )
+    # LS 1.23.2 scores a task's "Prediction score" only over predictions whose model_version equals the project's,
+    # which `ml.create` sets to the backend's title: the "least certain first" tab would sort nothing
+    # (label-studio#7151). This flag makes it use the ML backend's current version instead.
+    env.setdefault("ff_front_dev_1682_model_version_dropdown_070622_short", "true")
     if allow_local_backends:
         # LS >= 1.23.1 refuses ML backends and webhooks on local addresses unless both are off.
         # Only for a setup where nothing but this machine reaches either server (README, Security).
