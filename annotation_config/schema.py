@@ -99,8 +99,23 @@ class Target(_Strict):
     id: str
     name: str = Field(min_length=1)
     description: str = ""
+    # Words that show a text concerns the target (used by the cold start: no mention, no stance). Groups of
+    # alternatives; a text concerns the target when it matches a word of every group. A flat list is one group.
+    mentions: list[list[str]] = Field(default_factory=list)
 
     _id = field_validator("id")(_check_identifier)
+
+    @field_validator("mentions", mode="before")
+    @classmethod
+    def _mention_groups(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = [value]  # a flat list of words: one group of alternatives
+        if isinstance(value, list):
+            value = [[group] if isinstance(group, str) else group for group in value]  # a lone word: a group of one
+            for i, group in enumerate(value):
+                if not isinstance(group, list) or not group or not all(isinstance(w, str) and w.strip() for w in group):
+                    raise ValueError(f"group {i + 1} ({group!r}) must be a non-empty list of non-empty words")
+        return value
 
 
 class Dimension(_Strict):

@@ -9,7 +9,7 @@ import pytest
 
 from annotation_config.regions import Prediction, results_to_labels
 from annotation_config.schema import Schema, load_schema, parse_schema
-from backend.cold_start import MAX_SCORE, ColdStartPredictor
+from backend.cold_start import ABSTAIN_SCORE, MAX_SCORE, NOT_CONCERNED_SCORE, ColdStartPredictor, abstain_label
 from backend.predictor import Predictor
 from training.embedding import SentenceEmbedder
 
@@ -28,6 +28,25 @@ GENUINE = (
     "invasion, Western intelligence officials warned."
 )
 OLYMPICS = "Thousands of fans gathered in Beijing for the opening ceremony of the Winter Olympics on Friday."
+RECIPE = (
+    "Preheat the oven to 200 degrees. Whisk the eggs with the sugar until pale, fold in the flour and bake the cake "
+    "for 25 minutes. Let us leave it to cool before slicing."  # "us" is not the US
+)
+FOOTBALL = (
+    "The home side scored twice in the second half and the visitors never recovered; the striker was named man of "
+    "the match after a dominant display in front of a sold-out stadium."
+)
+# Task 20 of the sample corpus: the old cold start answered against / favor / favor, the opposite of the text.
+WANG = (
+    "Wang clearly signalled Beijing's support for Moscow, declaring that Russia's \"reasonable security concerns "
+    'should be taken seriously and resolved." Russia has repeatedly called on the US and its European allies to '
+    "guarantee that Ukraine will not be inducted as a NATO member—a move that would bring the US-led military "
+    "alliance to the Russian border."
+)
+AGAINST_WASHINGTON = (
+    "Critics condemned Washington's reckless provocations in the Pacific, saying the Biden administration's "
+    "aggressive posture endangers the region."
+)
 
 
 class CountingEmbedder:
@@ -215,7 +234,12 @@ def test_another_schema_headline_and_body(embedder):
         assert max(all_scores(item)) <= HONEST
         for result in item["result"]:
             assert result["to_name"] == ("headline" if result["from_name"] in {"clickbait", "names"} else "body")
-        assert prediction.labels["clickbait"] in {"yes", "no"}  # every task has a headline
+        # every task has a headline, so clickbait is judged on it: an answer, or (no abstain label to fall back on)
+        # no answer at chance when the definitions do not tell
+        if "clickbait" in prediction.labels:
+            assert prediction.labels["clickbait"] in {"yes", "no"} and prediction.scores["clickbait"] > 0.5
+        else:
+            assert prediction.scores["clickbait"] == pytest.approx(0.5)
     assert [s["text"] for s in predictions[0].labels["names"]] == ["Smith"]
     assert predictions[0].labels["names"][0]["start"] == tasks[0]["headline"].index("Smith")
     assert [s["text"] for s in predictions[2].labels["names"]] == ["smith", "SMITH"]
@@ -227,7 +251,7 @@ def test_useful_on_clear_paragraphs(predictor):
         [{"text": MANUFACTURED}, {"text": ECONOMIC}, {"text": GENUINE}, {"text": OLYMPICS}]
     )
     assert manufactured.labels["threat_characterization"] == "manufactured"
-    assert "Security_and_defense" in manufactured.labels["frames"] or manufactured.scores["frames"] < 0.6
+    assert "Security_and_defense" in manufactured.labels["frames"]
     assert "Economic" in economic.labels["frames"]
     assert genuine.labels["threat_characterization"] == "genuine"
     assert "Security_and_defense" in genuine.labels["frames"]
@@ -236,6 +260,96 @@ def test_useful_on_clear_paragraphs(predictor):
     evidence = {(s["text"], s["label"]) for s in manufactured.labels["evidence"]}
     assert {("propaganda", "framing_cue"), ("pretext", "framing_cue"), ("NATO", "actor")} <= evidence
     assert ("Russia", "actor") in evidence  # "Russia's": the possessive ends the word
+
+
+def test_abstains_on_a_paragraph_about_nothing_in_the_schema(schema, predictor):
+    """A recipe, a football match: no side taken, no threat, no frame; nothing is stated with any confidence."""
+    for prediction in predictor.predict([{"text": RECIPE}, {"text": FOOTBALL}]):
+        for dim in schema.of_kind("single"):
+            assert prediction.labels.get(dim.name, abstain_label(dim)) == abstain_label(dim), dim.name
+            assert prediction.scores[dim.name] <= NOT_CONCERNED_SCORE < 0.7
+        assert prediction.scores["threat_characterization"] <= ABSTAIN_SCORE
+        assert prediction.labels["frames"] == [] and prediction.labels["evidence"] == []
+        assert prediction.score < 0.7
+
+
+def test_a_target_the_paragraph_does_not_mention_gets_none(predictor):
+    """Loaded words about Washington say nothing about the Russia–China partnership or NATO enlargement."""
+    [prediction] = predictor.predict([{"text": AGAINST_WASHINGTON}])
+    for name in ("stance_russia_china", "stance_nato_enlargement"):
+        assert (prediction.labels[name], prediction.scores[name]) == ("none", NOT_CONCERNED_SCORE)
+    assert prediction.labels["stance_us_policy"] == "against"
+
+
+def test_clear_cases_get_the_right_answer(predictor):
+    wang, washington = predictor.predict([{"text": WANG}, {"text": AGAINST_WASHINGTON}])
+    assert wang.labels["stance_russia_china"] == "favor"  # "Beijing's support for Moscow"
+    # the US and NATO are only mentioned, not judged: abstain rather than guess
+    assert wang.labels["stance_us_policy"] == wang.labels["stance_nato_enlargement"] == "none"
+    assert wang.scores["stance_us_policy"] == wang.scores["stance_nato_enlargement"] == ABSTAIN_SCORE
+    assert washington.labels["stance_us_policy"] == "against"  # condemned, reckless, aggressive: all about the US
+    assert ABSTAIN_SCORE < wang.scores["stance_russia_china"] <= washington.scores["stance_us_policy"] < MAX_SCORE
+
+
+def test_a_negated_cue_is_no_evidence(predictor):
+    supported, not_supported = predictor.predict(
+        [
+            {"text": "China supported Russia's position at the United Nations."},
+            {"text": "China did not support Russia's position at the United Nations."},
+        ]
+    )
+    assert supported.labels["stance_russia_china"] == "favor"
+    assert (not_supported.labels["stance_russia_china"], not_supported.scores["stance_russia_china"]) == (
+        "none",
+        ABSTAIN_SCORE,
+    )
+
+
+def test_without_mentions_the_target_names_decide_and_no_abstain_label_means_no_answer(embedder):
+    """Any schema: targets without `mentions` are recognised by the names in their title, and a cue judges the
+    target named next to it; a dimension with no abstain label leaves a target the text never names unanswered."""
+    schema = parse_schema(
+        {
+            "name": "companies",
+            "targets": [{"id": "acme", "name": "Acme Corp"}, {"id": "globex", "name": "the Globex bid"}],
+            "dimensions": [
+                {
+                    "name": "stance",
+                    "kind": "single",
+                    "per_target": True,
+                    "labels": [
+                        {"value": "pro", "definition": "Supports {target}.", "cues": ["welcome", "praise"]},
+                        {"value": "contra", "definition": "Opposes {target}.", "cues": ["condemn", "block"]},
+                        {"value": "neutral", "definition": "No position on {target}."},
+                    ],
+                },
+                {
+                    "name": "verdict",
+                    "kind": "single",
+                    "per_target": True,
+                    "labels": [
+                        {"value": "good", "definition": "Good news for {target}.", "cues": ["welcome", "praise"]},
+                        {"value": "bad", "definition": "Bad news for {target}.", "cues": ["condemn", "block"]},
+                    ],
+                },
+            ],
+        }
+    )
+    predictor = ColdStartPredictor(schema, embedder)
+    both, neither = predictor.predict(
+        [
+            {"text": "Analysts praised Acme but condemned Globex."},
+            {"text": "Regulators condemned the steel cartel and vowed to block further price rises."},
+        ]
+    )
+    assert both.labels == {
+        "stance_acme": "pro",
+        "stance_globex": "contra",
+        "verdict_acme": "good",
+        "verdict_globex": "bad",
+    }
+    assert neither.labels == {"stance_acme": "neutral", "stance_globex": "neutral"}  # and no verdict at all
+    assert neither.scores["verdict_acme"] == neither.scores["verdict_globex"] == pytest.approx(0.5)
 
 
 def test_backend_settings_choose_the_encoder_runtime(schema, tmp_path, monkeypatch):

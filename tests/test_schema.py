@@ -48,6 +48,22 @@ def test_hash_is_stable_and_follows_content():
     assert parse_schema(changed).hash != first.hash
 
 
+def test_target_mentions_are_groups_of_alternatives():
+    """`mentions`: a flat list is one group of alternatives, a list of lists needs a word of every group; optional."""
+    raw = _broken(lambda r: None)
+    raw["targets"][0]["mentions"] = [["Russia", "Moscow"], "China"]
+    raw["targets"][1]["mentions"] = ["US", "Washington"]
+    del raw["targets"][2]["mentions"]
+    targets = parse_schema(raw).targets
+    assert targets[0].mentions == [["Russia", "Moscow"], ["China"]]
+    assert targets[1].mentions == [["US", "Washington"]]
+    assert targets[2].mentions == []  # schemas without mentions still load
+    assert load_schema().targets[0].mentions[1][:3] == ["China", "Chinese", "Beijing"]
+    raw["targets"][0]["mentions"] = [["Russia", " "]]
+    with pytest.raises(SchemaError, match=r"targets\[0\]\.mentions: group 1 .* must be a non-empty list"):
+        parse_schema(raw, "schema.yaml")
+
+
 def test_other_schema_with_other_fields(tmp_path):
     other = load_schema(FIXTURES / "headline_body.yaml")
     assert other.data.shown_fields == ["body", "headline"]
