@@ -96,6 +96,15 @@ def test_half_a_basic_auth_configuration_refuses_to_start(command, env, missing,
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    import uvicorn
+
+    import workbench.up
+
+    def started(*args, **kwargs):  # reached only when the half configuration was not refused
+        raise AssertionError("started despite half a basic-auth configuration")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(workbench.up, "run_up", started)
     port = str(free_port())
     args = ["serve", "--port", port, "--models", str(tmp_path)] if command == "serve" else [
         "up", "--state-dir", str(tmp_path / "state"), "--ls-port", port, "--backend-port", str(free_port())

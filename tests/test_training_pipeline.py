@@ -304,3 +304,22 @@ def test_late_target_encoding_trains_registers_and_serves_every_dimension(schema
     (prediction,) = predictor.predict([synthetic_export(1)[0]["data"]])
     for dim in schema.of_kind("single"):
         assert prediction.labels[dim.name] in dim.values and 0 < prediction.scores[dim.name] <= 1
+
+
+def test_the_first_candidate_is_gated_against_the_instant_learner_on_its_test_rows(schema, tmp_path):
+    """With nothing promoted, the instant learner serves: the run scores it (fitted on the candidate's training
+    rows, real encoder) on the candidate's test rows, and promotes only a candidate at least as good."""
+    models = tmp_path / "models"
+    outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic")
+    assert outcome.status == "trained"
+    metrics = json.loads((outcome.model_dir / "metrics.json").read_text())
+    rival = metrics["instant_learner"]
+    test_rows = [json.loads(line) for line in (outcome.model_dir / "test.jsonl").read_text().splitlines()]
+    assert rival["split"] == "test" and rival["n"] == len(test_rows) > 0
+    assert rival["model_version"].startswith("instant-") and 0.0 <= rival["primary"] <= 1.0
+    candidate = metrics["test"]["primary"]
+    assert outcome.promoted is (candidate >= rival["primary"])
+    entry = Registry(models).read()["history"][-1]
+    assert entry["action"] == ("promote" if outcome.promoted else "refused")
+    assert "instant learner" in entry["reason"]
+    assert entry["current_score"] == rival["primary"]  # the rival's score is recorded with the decision
