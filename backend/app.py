@@ -97,17 +97,9 @@ def default_predictors(settings: Settings, schema: Schema):
     """Factories for the cold-start predictor and for loading a trained model folder."""
 
     def cold_start() -> Predictor:
-        from backend.cold_start import ColdStartPredictor
-        from training.embedding import SentenceEmbedder
+        from backend.cold_start import ColdStartPredictor, served_embedder
 
-        embedder = SentenceEmbedder(
-            settings.encoder,
-            threads=settings.threads,
-            cache_size=settings.cache_size,
-            runtime=settings.runtime,
-            precision=settings.encoder_precision,
-            onnx_cache_dir=settings.onnx_cache_dir,
-        )
+        embedder = served_embedder(settings)
         log.info("cold-start encoder: %s", embedder.describe())
         return ColdStartPredictor(schema, embedder)
 

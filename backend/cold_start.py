@@ -132,6 +132,21 @@ class _Hit:
     group: int = 0  # which mention group of the target matched
 
 
+def served_embedder(settings: Any) -> Embedder:
+    """The encoder the backend serves, as backend.settings.Settings describes it (WORKBENCH_ENCODER, _RUNTIME, ...):
+    the cold start's, and so the instant learner's features, in the backend and in a training job's gate."""
+    from training.embedding import SentenceEmbedder
+
+    return SentenceEmbedder(
+        settings.encoder,
+        threads=settings.threads,
+        cache_size=settings.cache_size,
+        runtime=settings.runtime,
+        precision=settings.encoder_precision,
+        onnx_cache_dir=settings.onnx_cache_dir,
+    )
+
+
 class ColdStartPredictor:
     """Pre-annotations from cue evidence, target mentions and label definitions, for any schema (a Predictor)."""
 
@@ -395,7 +410,7 @@ def _phrase_source(phrase: str, inflect: bool) -> str:
     """Regex source for one phrase: any whitespace between its words, no word character right after it."""
     words = phrase.split()
     body = r"\s+".join(_word_pattern(w, inflect) for w in words)
-    return body + (r"(?!\w)" if _is_word_char(words[-1][-1]) else "")
+    return body + (r"(?!\w)" if is_word_char(words[-1][-1]) else "")
 
 
 def _alternatives(phrases: Sequence[str], inflect: bool, case_sensitive: Sequence[bool]) -> re.Pattern[str] | None:
@@ -405,7 +420,7 @@ def _alternatives(phrases: Sequence[str], inflect: bool, case_sensitive: Sequenc
     for phrase, sensitive in zip(phrases, case_sensitive, strict=True):
         if phrase.strip():
             src = _phrase_source(phrase.strip(), inflect)
-            parts[_is_word_char(phrase.strip()[0])].append((len(phrase), src if sensitive else f"(?i:{src})"))
+            parts[is_word_char(phrase.strip()[0])].append((len(phrase), src if sensitive else f"(?i:{src})"))
     sources = []
     for word_start, found in parts.items():
         if found:
@@ -455,11 +470,11 @@ def _cue_patterns(dim: Dimension) -> list[_CuePattern]:
             # case-insensitive (Unicode), any run of whitespace between the words of a phrase
             pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
             score = round(min(SPAN_SCORE_MAX, SPAN_SCORE + SPAN_SCORE_PER_EXTRA_WORD * (len(words) - 1)), 3)
-            patterns.append(_CuePattern(label.value, pattern, _is_word_char(cue[0]), _is_word_char(cue[-1]), score))
+            patterns.append(_CuePattern(label.value, pattern, is_word_char(cue[0]), is_word_char(cue[-1]), score))
     return patterns
 
 
-def _is_word_char(ch: str) -> bool:
+def is_word_char(ch: str) -> bool:
     """Letters, digits and combining marks of any script, '_' and the zero-width (non-)joiners of Persian/Indic.
 
     Stricter than regex \\w, whose boundary falls inside Persian words at a ZWNJ or before an Arabic diacritic.
@@ -475,11 +490,18 @@ def _match_cues(text: str, cues: list[_CuePattern]) -> list[dict]:
     for cue in cues:
         for match in cue.pattern.finditer(text):
             start, end = match.span()
-            if cue.check_start and start > 0 and _is_word_char(text[start - 1]):
+            if cue.check_start and start > 0 and is_word_char(text[start - 1]):
                 continue
-            if cue.check_end and end < len(text) and _is_word_char(text[end]):
+            if cue.check_end and end < len(text) and is_word_char(text[end]):
                 continue
             candidates.setdefault(cue.label, []).append((start, end, cue.score))
+    spans = non_overlapping_spans(text, candidates)
+    spans.sort(key=lambda s: (s["start"], s["end"], s["label"]))
+    return spans
+
+
+def non_overlapping_spans(text: str, candidates: dict[str, list[tuple[int, int, float]]]) -> list[dict]:
+    """Per label, the (start, end, score) matches that do not overlap: earliest first, then longest."""
     spans = []
     for label, found in candidates.items():
         taken_until = -1
@@ -487,7 +509,6 @@ def _match_cues(text: str, cues: list[_CuePattern]) -> list[dict]:
             if start >= taken_until:
                 spans.append({"start": start, "end": end, "text": text[start:end], "label": label, "score": score})
                 taken_until = end
-    spans.sort(key=lambda s: (s["start"], s["end"], s["label"]))
     return spans
 
 

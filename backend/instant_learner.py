@@ -34,7 +34,6 @@ import json
 import logging
 import re
 import threading
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from annotation_config.regions import Prediction
 from annotation_config.schema import Dimension, Schema
-from backend.cold_start import Embedder
+from backend.cold_start import Embedder, is_word_char, non_overlapping_spans
 from backend.predictor import Predictor
 from backend.uncertainty import task_score
 from training.data import AcceptancePolicy, Example, accept, data_hash
@@ -344,11 +343,6 @@ def _feature_matrix(head: SingleHead, x: np.ndarray, hints: np.ndarray) -> np.nd
 # spans
 
 
-def _is_word_char(ch: str) -> bool:
-    """Letters, digits and marks of any script, '_' and the zero-width (non-)joiners (as the cold start's cues)."""
-    return ch == "_" or ch in "\u200c\u200d" or unicodedata.category(ch)[0] in "LNM"
-
-
 def _cue_pattern(text: str) -> re.Pattern[str] | None:
     words = text.split()
     if not words:
@@ -363,9 +357,9 @@ def _whole_word_matches(
     found = []
     for match in pattern.finditer(text):
         start, end = match.span()
-        if check_start and start > 0 and _is_word_char(text[start - 1]):
+        if check_start and start > 0 and is_word_char(text[start - 1]):
             continue
-        if check_end and end < len(text) and _is_word_char(text[end]):
+        if check_end and end < len(text) and is_word_char(text[end]):
             continue
         found.append((start, end))
     return found
@@ -379,14 +373,7 @@ def _match_learned(text: str, cues: Sequence[LearnedCue]) -> list[dict]:
     for cue in cues:
         for start, end in _whole_word_matches(text, cue.pattern, cue.check_start, cue.check_end):
             candidates.setdefault(cue.label, []).append((start, end, cue.score))
-    spans = []
-    for label, found in candidates.items():
-        taken_until = -1
-        for start, end, score in sorted(found, key=lambda c: (c[0], -(c[1] - c[0]))):
-            if start >= taken_until:
-                spans.append({"start": start, "end": end, "text": text[start:end], "label": label, "score": score})
-                taken_until = end
-    return spans
+    return non_overlapping_spans(text, candidates)
 
 
 def _merge_spans(learned: list[dict], fallback: list[dict]) -> list[dict]:
@@ -414,7 +401,7 @@ def _fit_span_head(dim: Dimension, examples: Sequence[Example], config: LearnerC
         pattern = _cue_pattern(cue)
         if pattern is None:
             continue
-        check_start, check_end = _is_word_char(cue[0]), _is_word_char(cue[-1])
+        check_start, check_end = is_word_char(cue[0]), is_word_char(cue[-1])
         hits = occurrences = 0
         for example in answered:
             text = _text_of(example.data, dim.field)

@@ -43,19 +43,25 @@ def _binary(probs: np.ndarray) -> np.ndarray:
     return np.stack([p, 1.0 - p], axis=-1)
 
 
-def _rows(probs: np.ndarray, kind: Kind) -> np.ndarray | None:
-    """[n, k] distributions to score (one row for a single choice), or None when they carry no information."""
+def _rows(probs: np.ndarray, kind: Kind) -> np.ndarray | float:
+    """[n, k] distributions to score (one row for a single choice), or the certainty itself when there is nothing
+    to score: 0.0 when they carry no information (NaN, inf, all zero), 1.0 when only one answer is possible."""
     p = np.asarray(probs, dtype=np.float64)
     if not np.all(np.isfinite(p)):
-        return None  # a NaN or inf from a broken head: treat the dimension as unknown, so it sorts first
+        return 0.0  # a NaN or inf from a broken head: treat the dimension as unknown, so it sorts first
     if kind == "multi":
-        return _binary(p)
-    if kind != "single":
+        rows = _binary(p)
+    elif kind == "single":
+        p = np.clip(p.reshape(1, -1), 0.0, None)
+        total = p.sum()
+        if total <= 0:
+            return 0.0
+        rows = p / total  # callers may hand over scores that do not quite sum to 1 (rounding, a capped score)
+    else:
         raise ValueError(f"uncertainty: dimension kind must be 'single' or 'multi' (got {kind!r})")
-    p = np.clip(p.reshape(1, -1), 0.0, None)
-    total = p.sum()
-    # normalise: callers may hand over scores that do not quite sum to 1 (rounding, a capped cold-start score)
-    return p / total if total > 0 else None
+    if rows.shape[-1] < 2 or rows.size == 0:
+        return 1.0  # one possible answer (or no label at all): nothing to be unsure about
+    return rows
 
 
 class LeastConfidence:
@@ -66,11 +72,9 @@ class LeastConfidence:
     def certainty(self, probs: np.ndarray, kind: Kind) -> float:
         """Max probability, rescaled so that a uniform distribution scores 0."""
         rows = _rows(probs, kind)
-        if rows is None:
-            return 0.0
+        if not isinstance(rows, np.ndarray):
+            return float(rows)
         k = rows.shape[-1]
-        if k < 2 or rows.size == 0:
-            return 1.0  # one possible answer (or no label at all): nothing to be unsure about
         top = rows.max(axis=-1)
         return float(np.clip((top.min() - 1.0 / k) / (1.0 - 1.0 / k), 0.0, 1.0))
 
@@ -83,10 +87,8 @@ class Margin:
     def certainty(self, probs: np.ndarray, kind: Kind) -> float:
         """Best minus second best probability."""
         rows = _rows(probs, kind)
-        if rows is None:
-            return 0.0
-        if rows.shape[-1] < 2 or rows.size == 0:
-            return 1.0
+        if not isinstance(rows, np.ndarray):
+            return float(rows)
         ordered = np.sort(rows, axis=-1)
         return float(np.clip((ordered[:, -1] - ordered[:, -2]).min(), 0.0, 1.0))
 
@@ -99,11 +101,9 @@ class Entropy:
     def certainty(self, probs: np.ndarray, kind: Kind) -> float:
         """One minus the entropy divided by its maximum, log k."""
         rows = _rows(probs, kind)
-        if rows is None:
-            return 0.0
+        if not isinstance(rows, np.ndarray):
+            return float(rows)
         k = rows.shape[-1]
-        if k < 2 or rows.size == 0:
-            return 1.0
         p = np.clip(rows, 1e-12, 1.0)  # 0 log 0 = 0; the clip keeps log finite at a negligible cost
         entropy = -(rows * np.log(p)).sum(axis=-1) / math.log(k)
         return float(np.clip(1.0 - entropy.max(), 0.0, 1.0))

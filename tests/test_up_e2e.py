@@ -141,6 +141,18 @@ CHROMIUM_ARGS = [
 SCREENSHOT = REPO / "docs" / "labeling-view.png"
 
 
+def _logged_in(playwright, base: str, credentials: dict):
+    """Headless Chromium logged in to Label Studio at `base`: (browser, page)."""
+    browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/user/login")
+    page.fill("input[name=email]", credentials["username"])
+    page.fill("input[name=password]", credentials["password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda current: "/login" not in current, timeout=30_000)
+    return browser, page
+
+
 @pytest.mark.browser
 def test_browser_shows_suggestions_and_stores_what_was_clicked(up_run, schema, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -155,13 +167,7 @@ def test_browser_shows_suggestions_and_stores_what_was_clicked(up_run, schema, t
     clicked = next(value for value in threat.values if value != predicted["threat_characterization"])
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{base}/user/login")
-        page.fill("input[name=email]", credentials["username"])
-        page.fill("input[name=password]", credentials["password"])
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda current: "/login" not in current, timeout=30_000)
+        browser, page = _logged_in(playwright, base, credentials)
         page.goto(f"{base}/projects/{project_id}/data?task={task.id}")
         page.wait_for_selector(".wb-question input", timeout=60_000)
         page.wait_for_selector("span.htx-highlight", timeout=30_000)
@@ -313,13 +319,7 @@ def test_next_task_in_the_labelling_stream_shows_the_instant_learners_suggestion
 
         # 3. The labelling stream ("Label All Tasks") in a real browser.
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/user/login")
-            page.fill("input[name=email]", credentials["username"])
-            page.fill("input[name=password]", credentials["password"])
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda current: "/login" not in current, timeout=30_000)
+            browser, page = _logged_in(playwright, base, credentials)
             # "Label All Tasks" opens ?labeling=1; the Data Manager then asks for the next task with its
             # `next_task` action (POST /api/dm/actions?id=next_task&tabID=..&project=..), which serializes it as
             # /api/projects/<id>/next does (NextTaskSerializer: the backend is asked for its current version).

@@ -30,19 +30,11 @@ def instant_rival_report(
     """{"split", "n", "primary", "model_version"} of the instant learner on `test_rows`; None when not comparable."""
     if not train_rows or not test_rows:
         return None
-    from backend.cold_start import ColdStartPredictor
+    from backend.cold_start import ColdStartPredictor, served_embedder
     from backend.instant_learner import InstantLearner
     from backend.settings import Settings
-    from training.embedding import SentenceEmbedder
 
-    settings = Settings()
-    embedder = SentenceEmbedder(
-        settings.encoder,
-        threads=settings.threads,
-        runtime=settings.runtime,
-        precision=settings.encoder_precision,
-        onnx_cache_dir=settings.onnx_cache_dir,
-    )
+    embedder = served_embedder(Settings())
     learner = InstantLearner(schema, embedder, ColdStartPredictor(schema, embedder))
     tasks = []
     for number, row in enumerate(train_rows, start=1):
