@@ -170,7 +170,7 @@ def run_training(
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
-    if promote and instant_rival and not force and registry.current() is None and outputs["test"][0]:
+    if promote and instant_rival and not force and _nothing_promoted(registry) and outputs["test"][0]:
         mark = time.perf_counter()
         from training.instant_rival import instant_rival_report
 
@@ -249,6 +249,14 @@ def run_training(
     return TrainingOutcome(
         "trained", message, digest, accepted, version, model_dir, promotion, metrics, timings=timings
     )
+
+
+def _nothing_promoted(registry: Registry) -> bool:
+    """True when no fine-tuned model is promoted; False when that cannot be read (saving reports the problem)."""
+    try:
+        return registry.current() is None
+    except (WorkbenchError, OSError):
+        return False
 
 
 def train_from_export(
