@@ -149,7 +149,7 @@ def label_studio_for(
     a host that a request named.
     """
     known = service_projects.get(project_id, {})
-    if known.get("hostname") and origin(known["hostname"]) not in settings.label_studio_urls:
+    if known.get("hostname") and not settings.allows_label_studio(known["hostname"]):
         known = {}  # stored before the allow-list changed, or by mistake: never used
     server_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     configured = settings.label_studio_url
@@ -181,7 +181,7 @@ class SetupHosts:
     """
 
     def __init__(self, settings: Settings, projects: dict[str, dict[str, str]]) -> None:
-        self._allowed = settings.label_studio_urls
+        self._settings = settings
         self._projects = projects
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -190,7 +190,7 @@ class SetupHosts:
         """Store the project's Label Studio hostname and token when the hostname is allowed; True when stored."""
         if not (project and hostname and access_token):
             return False
-        if origin(hostname) not in self._allowed:
+        if not self._settings.allows_label_studio(hostname):
             with self._lock:
                 first = hostname not in self._warned
                 self._warned.add(hostname)
@@ -236,9 +236,8 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     )
     service = Service(settings, schema, holder, jobs, metrics, versions, projects)
     service.setup_hosts = SetupHosts(settings, projects)
-    service.ladder = Ladder(schema, holder, project_loader(settings, projects) if settings.instant_learner else None)
-    if not settings.instant_learner:
-        service.ladder.enabled, service.ladder.disabled_reason = False, "WORKBENCH_INSTANT_LEARNER=false"
+    off = None if settings.instant_learner else "WORKBENCH_INSTANT_LEARNER=false"
+    service.ladder = Ladder(schema, holder, project_loader(settings, projects), disabled_reason=off)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -23,7 +23,6 @@ Bounds and sharing (the models folder is shared by every `serve --workers N` pro
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -45,6 +44,7 @@ from training.registry import (  # torch-free
     SKIPPED_EXIT_CODE,
     SKIPPED_EXIT_ENV,
     claim_job_token,
+    pid_alive,
     write_json_atomic,
 )
 
@@ -520,12 +520,7 @@ def _owner_alive(shared: dict) -> bool:
     pid = shared.get("backend_pid")
     if shared.get("host") != socket.gethostname() or not isinstance(pid, int):
         return True
-    with contextlib.suppress(PermissionError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-    return True
+    return pid_alive(pid)
 
 
 def _last_line(path: Path, launcher: str) -> str:

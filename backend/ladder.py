@@ -53,16 +53,25 @@ class _Project:
 class Ladder:
     """Per-project instant learners on top of the holder's cold start / fine-tuned model."""
 
-    def __init__(self, schema: Schema, holder: ModelHolder, loader: ProjectLoader | None = None) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        holder: ModelHolder,
+        loader: ProjectLoader | None = None,
+        disabled_reason: str | None = None,
+    ) -> None:
+        """`disabled_reason`: why no instant learner runs (turned off); the cold start then serves until a
+        fine-tuned model is promoted."""
         self.schema = schema
         self.holder = holder
         self._loader = loader
         self._projects: dict[str, _Project] = {}
         self._lock = threading.Lock()
         self._stopped = False
-        cold_start = holder.cold_start
-        self.enabled = getattr(cold_start, "embedder", None) is not None
-        self.disabled_reason = None if self.enabled else "the cold-start predictor has no embedder to learn on"
+        if disabled_reason is None and getattr(holder.cold_start, "embedder", None) is None:
+            disabled_reason = "the cold-start predictor has no embedder to learn on"
+        self.disabled_reason = disabled_reason
+        self.enabled = disabled_reason is None
 
     # -- serving --------------------------------------------------------------------------------------------
 

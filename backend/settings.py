@@ -114,6 +114,10 @@ class Settings(BaseSettings):
         urls = [self.label_studio_url, *self.allowed_ls_urls]
         return {origin(url) for url in urls if url}
 
+    def allows_label_studio(self, url: str) -> bool:
+        """Whether `url` is a Label Studio the operator configured (LABEL_STUDIO_URL or WORKBENCH_ALLOWED_LS_URLS)."""
+        return origin(url) in self.label_studio_urls
+
     @property
     def encoder_precision(self) -> str:
         """The precision the cold-start encoder is asked for (see `precision`)."""

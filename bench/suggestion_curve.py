@@ -57,7 +57,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -73,6 +72,7 @@ from sklearn.metrics import f1_score  # noqa: E402
 
 from annotation_config.regions import labels_to_results, results_to_labels  # noqa: E402
 from annotation_config.schema import Schema, load_schema  # noqa: E402
+from bench.instant_learner import majority_predict  # noqa: E402  (the same baseline in both benches)
 
 STAMP = "2026-12-01T10:00:00.000000Z"
 COLD, INSTANT, FINETUNE = "cold start", "instant learner", "fine-tune"
@@ -134,19 +134,6 @@ def score(schema: Schema, gold: Sequence[Mapping[str, Any]], pred: Sequence[Mapp
 # baselines
 
 
-def constant_predict(schema: Schema, train: Sequence[Mapping[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The majority label per single choice; the FRAMES_TOP_K commonest labels of a multi choice on every row."""
-    labels: dict[str, Any] = {}
-    for dim in schema.of_kind("single"):
-        seen = [r[dim.name] for r in train if r.get(dim.name) is not None]
-        if seen:
-            labels[dim.name] = Counter(seen).most_common(1)[0][0]
-    for dim in schema.of_kind("multi"):
-        counts = Counter(v for r in train for v in r.get(dim.name) or [])
-        labels[dim.name] = [v for v, _ in counts.most_common(FRAMES_TOP_K)]
-    return [dict(labels) for _ in range(n)]
-
-
 def classifier_predict(schema: Schema, make, xtr, xte, train: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One classifier per single choice (a constant where only one class is seen), one binary per frame label."""
     preds: list[dict[str, Any]] = [{} for _ in range(xte.shape[0])]
@@ -177,7 +164,7 @@ def baseline_predictions(
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    out = {MAJ_LABELLED: constant_predict(schema, train, len(test))}
+    out = {MAJ_LABELLED: majority_predict(schema, train, len(test), FRAMES_TOP_K)}
     tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     xtr = tfidf.fit_transform([r["text"] for r in train])
     xte = tfidf.transform([r["text"] for r in test])
@@ -704,7 +691,7 @@ def main() -> None:
             for k, (f, order, seed) in enumerate(plan, start=1):
                 project += 1
                 run = Run(f, articles[f], order, seed, project)
-                pool_majority = constant_predict(schema, [rows[i] for i in pools[f]], len(tests[f]))
+                pool_majority = majority_predict(schema, [rows[i] for i in pools[f]], len(tests[f]), FRAMES_TOP_K)
                 print(
                     f"[{k}/{len(plan)}] fold {f} (article {articles[f][:8]}, {len(tests[f])} held out, pool "
                     f"{len(pools[f])}), {order} order, seed {seed}, project {project}",

@@ -169,7 +169,8 @@ def model_problem(folder: str | os.PathLike, schema: Schema, version: str | None
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -314,11 +315,11 @@ class Registry:
     def _clean_stale_staging(self) -> None:
         for folder in self.root.glob(".staging-*"):
             pid = folder.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
         for leftover in self.root.glob(".*.tmp"):  # pointer writes cut short by a kill: ".registry.json.<pid>.tmp"
             pid = leftover.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 leftover.unlink(missing_ok=True)
 
     @contextlib.contextmanager
