@@ -210,11 +210,14 @@ def test_serve_tells_its_workers_the_interface_it_listens_on(tmp_path, monkeypat
 
     seen: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(k, host_env=os.environ.get("WORKBENCH_HOST")))
-    monkeypatch.delenv("WORKBENCH_HOST", raising=False)
+    # `serve` writes these for its workers: setenv first, so that monkeypatch restores them after the test
+    # (delenv of an unset variable records nothing to restore, and the value would leak into later tests).
+    monkeypatch.setenv("WORKBENCH_HOST", "127.0.0.1")  # the default interface, read by `serve --host`
+    monkeypatch.setenv("WORKBENCH_MODELS_DIR", str(tmp_path))
     port = str(free_port())
-    code, _, _ = run_cli_in_process(monkeypatch, capsys, "serve", "--port", port, "--models", str(tmp_path))
-    assert code == 0 and seen["host"] == "127.0.0.1" and seen["host_env"] == "127.0.0.1"
-    monkeypatch.delenv("WORKBENCH_HOST", raising=False)  # do not leak into the tests after this one
+    args = ["serve", "--host", "127.0.0.3", "--port", port, "--models", str(tmp_path)]
+    code, _, _ = run_cli_in_process(monkeypatch, capsys, *args)
+    assert code == 0 and seen["host"] == "127.0.0.3" and seen["host_env"] == "127.0.0.3"
 
 
 @pytest.mark.parametrize(
