@@ -173,6 +173,23 @@ def test_onnx_int8_stays_close_to_fp32(onnx_cache: Path, onnx_fp32, paragraphs: 
     assert np.array_equal(np.stack([int8.embed([text])[0] for text in TEXTS]), together)
 
 
+def test_int8_quantizes_a_private_copy_of_the_cached_fp32_graph(tmp_path: Path, onnx_fp32, monkeypatch):
+    """onnxruntime writes "<input>-inferred.onnx" beside its input: on the shared cached graph, two processes exporting
+    at once broke each other's export (seen: FileNotFoundError / "Failed to find proper ai.onnx domain")."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copyfile(onnx_fp32.onnx_path, cache / onnx_fp32.onnx_path.name)  # the fp32 graph is already cached
+    sources = []
+    real_quantize = embedding._quantize
+    monkeypatch.setattr(
+        embedding, "_quantize", lambda source, target: sources.append(source) or real_quantize(source, target)
+    )
+    target = embedding.onnx_encoder_file(onnx_fp32.path, "int8", cache)
+    [source] = sources
+    assert source.parent.parent == cache and source.parent.name.startswith(".export-")  # the staging folder
+    assert sorted(p.name for p in cache.iterdir()) == sorted([onnx_fp32.onnx_path.name, target.name])
+
+
 def test_torch_bf16_stays_close_to_fp32(paragraphs: list[str], fp32_paragraphs: np.ndarray):
     bf16 = SentenceEmbedder(precision="bf16", threads=2)
     assert bf16.describe() == "torch bf16" and next(bf16.model.parameters()).dtype == torch.bfloat16

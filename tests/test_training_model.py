@@ -269,7 +269,14 @@ def _padding_seen_in_training(schema, monkeypatch, group_by_length: bool) -> tup
         for i in range(64)
     ]
     args = TrainingArguments(
-        max_steps=16, batch_size=4, max_length=48, progress=False, seed=1, threads=1, group_by_length=group_by_length
+        max_steps=16,
+        batch_size=4,
+        max_length=48,
+        progress=False,
+        seed=1,
+        threads=1,
+        group_by_length=group_by_length,
+        probe_epochs=0,  # the spy counts fine-tuning batches only
     )
     train_model({"train": rows}, schema, args)
     return seen[0], seen[1], seen[2]
@@ -327,5 +334,112 @@ def test_late_target_encoding_runs_one_pass_and_each_target_attends_its_own_way(
 def test_an_unknown_target_encoding_is_refused():
     from training.training_args import TrainingArguments
 
-    with pytest.raises(ValueError, match="target-encoding must be pair or late"):
+    with pytest.raises(ValueError, match="target-encoding must be one of auto, pair, late"):
         TrainingArguments(target_encoding="cross")
+
+
+def _stance_rows(targets_per_row: int, n: int = 4) -> list[dict]:
+    names = ["stance_russia_china", "stance_us_policy", "stance_nato_enlargement"]
+    return [{"text": f"row {i}", **{name: "none" for name in names[:targets_per_row]}} for i in range(n)]
+
+
+def test_auto_target_encoding_is_late_when_rows_carry_several_targets(schema):
+    from training.trainer import choose_target_encoding
+
+    assert choose_target_encoding("auto", schema, _stance_rows(3)) == "late"  # pair would cost 4 passes a row
+    assert choose_target_encoding("auto", schema, _stance_rows(2)) == "late"
+    assert choose_target_encoding("auto", schema, _stance_rows(1)) == "pair"  # one pass either way (SemEval-like)
+    assert choose_target_encoding("auto", schema, [{"text": "x", "frames": ["Political"]}]) == "pair"
+    assert choose_target_encoding("pair", schema, _stance_rows(3)) == "pair"  # an explicit choice stands
+    assert choose_target_encoding("late", schema, _stance_rows(1)) == "late"
+
+
+def test_cpu_budget_cuts_epochs_by_the_tokens_of_labelled_views_only(schema, tokenizer):
+    from training.modeling import MultiHeadConfig
+    from training.trainer import budgeted_epochs, epoch_tokens
+    from training.training_args import TrainingArguments
+
+    config = MultiHeadConfig.from_schema(schema, target_encoding="pair", max_seq_length=48)
+    rows = [{**TEXTS[0], "threat_characterization": "genuine"}, {**TEXTS[1], "stance_us_policy": "against"}]
+    items = featurize(rows, config, tokenizer)
+    plain, pair = len(items[0]["views"]["text"]["input_ids"]), len(items[1]["views"]["text|us_policy"]["input_ids"])
+    assert epoch_tokens(rows, items, config) == plain + pair  # the unlabelled views cost nothing
+    tokens = plain + pair
+
+    def epochs(**kwargs) -> float:
+        return budgeted_epochs(TrainingArguments(**kwargs), "cpu", rows, items, config)
+
+    assert epochs(epochs=5, cpu_budget_tokens=tokens * 2) == 2.0
+    assert epochs(epochs=5, cpu_budget_tokens=tokens * 100) == 5.0  # never more than asked
+    assert epochs(epochs=5, cpu_budget_tokens=1) == 1.0  # never below one epoch
+    assert epochs(epochs=0.5, cpu_budget_tokens=1) == 0.5
+    assert epochs(epochs=5, cpu_budget_tokens=0) == 5.0  # 0: no budget
+    assert epochs(epochs=5, max_steps=3, cpu_budget_tokens=1) == 5.0  # max_steps decides instead
+    assert budgeted_epochs(TrainingArguments(epochs=5, cpu_budget_tokens=1), "cuda", rows, items, config) == 5.0
+    wide = MultiHeadConfig.from_schema(schema, target_encoding="pair", max_seq_length=48)
+    wide.encoder_config = {**wide.encoder_config, "hidden_size": 768}  # 4x the cost per token
+    args = TrainingArguments(epochs=5, cpu_budget_tokens=tokens * 8)
+    assert budgeted_epochs(args, "cpu", rows, items, wide) == 2.0
+
+
+@pytest.mark.usefixtures("torch_threads_restored")
+def test_probe_fits_the_heads_on_cached_encoder_states_and_leaves_the_encoder_alone(schema, tokenizer):
+    from training.trainer import _CachedEncoder, probe_heads
+    from training.training_args import TrainingArguments
+
+    torch.manual_seed(0)
+    fresh = MultiHeadModel.from_encoder(schema, max_seq_length=48, target_encoding="late")
+    rows = [
+        {**TEXTS[0], "threat_characterization": "manufactured", "stance_us_policy": "against", "frames": ["Political"]},
+        {**TEXTS[1], "threat_characterization": "genuine", "stance_us_policy": "none", "frames": []},
+    ]
+    items = featurize(rows, fresh.config, tokenizer)
+    batch = Collator(fresh.config)(items)
+    encoder_before = {k: v.clone() for k, v in fresh.encoder.state_dict().items()}
+    query_before = fresh.target_queries["stance_us_policy"].detach().clone()
+    fresh.eval()
+    with torch.no_grad():
+        loss_before = float(fresh(**batch).loss)
+    probe_heads(fresh, items, Collator(fresh.config), TrainingArguments(probe_epochs=40, threads=1), "cpu")
+    fresh.eval()
+    with torch.no_grad():
+        loss_after = float(fresh(**batch).loss)
+    assert loss_after < 0.5 * loss_before  # the heads learned the two rows
+    assert not torch.equal(fresh.target_queries["stance_us_policy"], query_before)  # late queries learn too
+    for name, value in fresh.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[name]), name  # the encoder is untouched and back in place
+    assert not isinstance(fresh.encoder, _CachedEncoder)
+    # the cache serves the encoder's own states (eval mode), whatever the batch-mates and padding
+    cached = _CachedEncoder(fresh.encoder)
+    views = batch["views"]["text"]
+    with torch.no_grad():
+        real = fresh.encoder(**views).last_hidden_state
+        first = cached(**views).last_hidden_state
+        again = cached(**{k: v[1:] for k, v in views.items()}).last_hidden_state
+    mask = views["attention_mask"].bool()
+    assert torch.allclose(first[mask], real[mask], atol=2e-2)
+    assert torch.equal(again[0], first[1, : again.shape[1]])
+
+
+@pytest.mark.usefixtures("torch_threads_restored")
+def test_fine_tuning_that_only_hurts_keeps_the_probed_heads(schema):
+    from training.trainer import train_model
+    from training.training_args import TrainingArguments
+
+    rows = [
+        {
+            "text": f"{'Moscow calls it propaganda' if i % 2 else 'Troops mass at the border'} {i}.",
+            "threat_characterization": "manufactured" if i % 2 else "genuine",
+        }
+        for i in range(12)
+    ]
+    # a learning rate that wrecks the encoder: every fine-tuned epoch is worse on validation than the probe alone
+    args = TrainingArguments(
+        epochs=2, batch_size=4, max_length=32, learning_rate=0.5, probe_epochs=20, progress=False, threads=1, seed=3
+    )
+    result = train_model({"train": rows[:8], "validation": rows[8:]}, schema, args)
+    assert result.best_epoch == 0.0  # the probe's state won and was restored
+    assert result.settings == {"target_encoding": "pair", "epochs": 2.0, "probe_epochs": 20}
+    losses = [e["eval_loss"] for e in result.history if "eval_loss" in e]
+    assert len(losses) == 3 and losses[0] == pytest.approx(result.best_eval_loss) and min(losses[1:]) > losses[0]
+    assert result.history[0]["stage"] == "probe"

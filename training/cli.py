@@ -314,7 +314,18 @@ def train(
     ] = None,
     target_encoding: Annotated[
         str | None,
-        typer.Option(help="pair: one (target, text) pass per target; late: one pass per text, per-target attention."),
+        typer.Option(
+            help="pair: one (target, text) pass per target; late: one pass per text, per-target attention; "
+            "auto (default): late when rows are labelled for 2+ targets each."
+        ),
+    ] = None,
+    probe_epochs: Annotated[
+        int | None,
+        typer.Option(min=0, help="Epochs fitting the heads on the frozen encoder before fine-tuning (0: off)."),
+    ] = None,
+    cpu_budget_tokens: Annotated[
+        int | None,
+        typer.Option(min=0, help="On CPU, fewer epochs (at least 1) past this many encoder tokens (0: no budget)."),
     ] = None,
     group_by_length: Annotated[
         bool | None,
@@ -346,6 +357,8 @@ def train(
         "early_stopping_patience": patience,
         "class_weights": class_weights,
         "target_encoding": target_encoding,
+        "probe_epochs": probe_epochs,
+        "cpu_budget_tokens": cpu_budget_tokens,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -412,6 +413,10 @@ def export_onnx_encoder(path: str, folder: Path, precision: str = "fp32", fp32_g
         exported = folder / "exported.onnx"
         _export(model, tokenizer, exported)
         fp32_graph = _fuse(exported, model.config, folder / "fused.onnx")
+    if precision == "int8" and fp32_graph.parent != folder:
+        # onnxruntime's quantizer writes a shape-inferred copy beside its input ("<name>-inferred.onnx"): reading
+        # the shared cached graph made two processes exporting at once break each other's files
+        fp32_graph = Path(shutil.copyfile(fp32_graph, folder / "fp32.onnx"))
     graph = _quantize(fp32_graph, folder / "int8.onnx") if precision == "int8" else fp32_graph
     _verify(graph, model, tokenizer, precision)
     return graph

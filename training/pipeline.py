@@ -211,6 +211,7 @@ def run_training(
             "seed": args.seed,
             "encoder": args.encoder,
             "hyperparameters": args.to_dict(),
+            "chosen": trained.settings,  # what target_encoding "auto" and the CPU epoch budget chose
             "code_revision": code_revision(),
             "source": source,
             "examples": len(accepted.examples),

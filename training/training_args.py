@@ -8,6 +8,7 @@ from typing import Any
 from training.encoder import DEFAULT_ENCODER
 
 TARGET_ENCODINGS = ("pair", "late")  # see training/modeling.py
+TARGET_ENCODING_CHOICES = ("auto", *TARGET_ENCODINGS)  # auto: chosen from the training rows (training/trainer.py)
 
 
 @dataclass
@@ -15,7 +16,7 @@ class TrainingArguments:
     """Hyper-parameters and run settings of `train_model` / `run_training`."""
 
     encoder: str = DEFAULT_ENCODER  # a local folder or a Hub name found in the local cache
-    epochs: float = 5.0  # upper bound: early stopping usually ends sooner
+    epochs: float = 5.0  # upper bound: early stopping and the CPU budget may end sooner
     max_steps: int = -1  # > 0 overrides epochs (quick runs, tests)
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -35,7 +36,15 @@ class TrainingArguments:
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
     threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
-    target_encoding: str = "pair"  # "pair": (target, text) passes; "late": one pass, per-target attention heads
+    # "pair": (target, text) passes; "late": one pass, per-target attention heads; "auto": late when the rows are
+    # labelled for two or more targets each (pair would cost a pass per target), else pair
+    target_encoding: str = "auto"
+    # The heads first learn on the frozen encoder's cached states for this many epochs (a linear probe: seconds),
+    # then fine-tuning starts from them and keeps them unless it beats them on validation loss (LP-FT). 0: off.
+    probe_epochs: int = 30
+    # On CPU, fewer epochs (never below 1) when epochs x the encoder tokens of one epoch would pass this budget,
+    # counted at all-MiniLM-L6-v2's cost per token (scaled by layers x hidden size^2 for other encoders). 0: no budget.
+    cpu_budget_tokens: int = 120_000
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
@@ -59,8 +68,12 @@ class TrainingArguments:
             problems.append(f"freeze-layers must be >= 0 (got {self.freeze_layers})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be >= 1 (got {self.threads})")
-        if self.target_encoding not in TARGET_ENCODINGS:
-            problems.append(f"target-encoding must be {' or '.join(TARGET_ENCODINGS)} (got {self.target_encoding!r})")
+        if self.target_encoding not in TARGET_ENCODING_CHOICES:
+            choices = ", ".join(TARGET_ENCODING_CHOICES)
+            problems.append(f"target-encoding must be one of {choices} (got {self.target_encoding!r})")
+        for name in ("probe_epochs", "cpu_budget_tokens"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if problems:

@@ -115,9 +115,7 @@ class LabelStudioServer:
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         self.process = subprocess.Popen(
             [str(executable), "start", "--no-browser", "--host", self.host, "--port", str(self.port)],
-            env=label_studio_env(
-                self.data_dir, self.username, self.password, self.token, self.allow_local_backends
-            ),
+            env=label_studio_env(self.data_dir, self.username, self.password, self.token, self.allow_local_backends),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
