@@ -13,7 +13,7 @@ Recipes (--recipes, comma-separated):
   default     the current TrainingArguments defaults
   before      the defaults before 2026-12-02: pair target encoding, no probe stage, no CPU epoch budget
   late        before + late target encoding
-  probe-only  the defaults with the probe stage alone (no fine-tuning: max_steps 1 at a learning rate of ~0)
+  probe-only  the defaults with the probe stage alone (fine-tuning: one step at warm-up's zero learning rate)
 
 Run: .venv/bin/python bench/retrain_quality.py [--recipes default,before] [--seeds 2] [--threads 1] [--json FILE]
 """
@@ -43,7 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "before": {"target_encoding": "pair", "probe_epochs": 0, "cpu_budget_tokens": 0},
     "late": {"target_encoding": "late", "probe_epochs": 0, "cpu_budget_tokens": 0},
-    "probe-only": {"max_steps": 1, "learning_rate": 1e-12, "head_learning_rate": 1e-12},
+    "probe-only": {"max_steps": 1, "learning_rate": 1e-12},  # the probe learns at head_learning_rate
 }
 HEADLINE = ("mean_macro_f1", "frames_micro_f1")
 
