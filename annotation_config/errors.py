@@ -3,3 +3,7 @@
 
 class WorkbenchError(Exception):
     """An error with a one-line message that says what is wrong and what to do."""
+
+
+class CommandError(WorkbenchError):
+    """A command-line usage problem with a one-line fix."""

@@ -51,9 +51,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_predictor_class(impl: Path | None) -> type:
-    """ColdStartPredictor from backend.cold_start, or from another file (e.g. an older revision, for a before/after)."""
+    """ColdStartPredictor from backend.cold_start.predictor, or from another file (an older revision: before/after)."""
     if impl is None:
-        from backend.cold_start import ColdStartPredictor
+        from backend.cold_start.predictor import ColdStartPredictor
 
         return ColdStartPredictor
     spec = importlib.util.spec_from_file_location("cold_start_under_test", impl)
@@ -67,7 +67,7 @@ def load_predictor_class(impl: Path | None) -> type:
 def abstain_value(dim: Dimension) -> str | None:
     """The dimension's abstain label if the cold start module names one (same rule as the predictor), else None."""
     try:
-        from backend.cold_start import abstain_label
+        from backend.cold_start.predictor import abstain_label
     except ImportError:  # an older cold start without the notion: fall back to the conventional names
         names = {"none", "neutral", "not_applicable", "n_a", "na", "no_stance", "unrelated", "other"}
         return next((v for v in dim.values if v.lower().replace("-", "_").replace(" ", "_") in names), None)
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = {t["key"]: t for t in read_jsonl(args.tasks)} if args.tasks.exists() else {}
     rows = [{**tasks.get(r.get("key"), {}), **r} for r in read_jsonl(args.dev)]
 
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
 
     predictor = load_predictor_class(args.impl)(schema, SentenceEmbedder(threads=args.threads))
     report = evaluate(schema, rows, predictor, args.top_frames, args.abstain_score)

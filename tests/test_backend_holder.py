@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def two_models(schema, tmp_path_factory):
     """A registry with two trained versions; the second one is current."""
     models = tmp_path_factory.mktemp("models")
-    first = run_training(synthetic_export(12), schema, models, TINY, instant_rival=False)
+    first = run_training(synthetic_export(12), schema, models, TINY)
     second = run_training(synthetic_export(16), schema, models, TINY, force=True)
     assert first.promoted and second.promoted
     return models, first.version, second.version

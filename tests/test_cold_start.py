@@ -9,9 +9,15 @@ import pytest
 
 from annotation_config.regions import Prediction, results_to_labels
 from annotation_config.schema import Schema, load_schema, parse_schema
-from backend.cold_start import ABSTAIN_SCORE, MAX_SCORE, NOT_CONCERNED_SCORE, ColdStartPredictor, abstain_label
+from backend.cold_start.embedder import SentenceEmbedder
+from backend.cold_start.predictor import (
+    ABSTAIN_SCORE,
+    MAX_SCORE,
+    NOT_CONCERNED_SCORE,
+    ColdStartPredictor,
+    abstain_label,
+)
 from backend.predictor import Predictor
-from training.embedding import SentenceEmbedder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HONEST = 0.9  # no cold-start score may claim more
@@ -355,8 +361,8 @@ def test_without_mentions_the_target_names_decide_and_no_abstain_label_means_no_
 def test_backend_settings_choose_the_encoder_runtime(schema, tmp_path, monkeypatch):
     """WORKBENCH_RUNTIME / WORKBENCH_PRECISION / WORKBENCH_ONNX_CACHE_DIR reach the cold start's embedder."""
     from backend import app as backend_app
+    from backend.cold_start import embedder as embedding
     from backend.settings import Settings
-    from training import embedding
 
     built = []
 

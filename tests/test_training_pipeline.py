@@ -62,7 +62,7 @@ def trained(schema, tmp_path_factory):
     export = models.parent / "export.json"
     export.write_text(json.dumps(synthetic_export()))
     started = time.perf_counter()
-    outcome = run_training(synthetic_export(), schema, models, TINY, source=str(export), instant_rival=False)
+    outcome = run_training(synthetic_export(), schema, models, TINY, source=str(export))
     outcome.timings["wall_seconds"] = time.perf_counter() - started
     print(f"\ntiny training timings: {json.dumps(outcome.timings, default=str)}")
     return outcome, models, export
@@ -211,7 +211,7 @@ def cue_export(subjects: list[str]) -> list[dict]:
 
 def test_the_model_learns_cue_phrases(schema, tmp_path):
     args = TrainingArguments(epochs=6, max_length=32, batch_size=8, progress=False, seed=0)
-    outcome = run_training(cue_export(SUBJECTS), schema, tmp_path, args, instant_rival=False)
+    outcome = run_training(cue_export(SUBJECTS), schema, tmp_path, args)
     losses = [e["loss"] for e in json.loads((outcome.model_dir / "training_log.json").read_text()) if "loss" in e]
     assert losses[-1] < losses[0] / 2
     predictor = TrainedPredictor(outcome.model_dir)
@@ -245,7 +245,7 @@ def test_another_schema_trains_and_predicts_without_code_changes(tmp_path):
         data = {"id": f"n{i}", "headline": headline, "body": f"Body of story {i}."}
         tasks.append({"id": i, "data": data, "annotations": [{"id": i, "completed_by": 1, "result": result}]})
     args = TrainingArguments(max_steps=2, max_length=32, batch_size=4, progress=False)
-    outcome = run_training(tasks, schema, tmp_path, args, instant_rival=False)
+    outcome = run_training(tasks, schema, tmp_path, args)
     assert (
         outcome.promoted and sum(json.loads((outcome.model_dir / "manifest.json").read_text())["splits"].values()) == 8
     )
@@ -294,9 +294,7 @@ def test_late_target_encoding_trains_registers_and_serves_every_dimension(schema
     from dataclasses import replace
 
     args = replace(TINY, target_encoding="late", epochs=1)
-    outcome = run_training(
-        synthetic_export(), schema, tmp_path / "models", args, source="synthetic", instant_rival=False
-    )
+    outcome = run_training(synthetic_export(), schema, tmp_path / "models", args, source="synthetic")
     assert outcome.status == "trained" and outcome.promoted
     manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
     assert manifest["hyperparameters"]["target_encoding"] == "late"

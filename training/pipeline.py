@@ -7,18 +7,24 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annotation_config.errors import WorkbenchError
-from annotation_config.schema import Schema, load_schema
-from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column, load_export
+from annotation_config.schema import Schema
+from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column
 from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
 from training.training_args import TrainingArguments
 
 log = logging.getLogger(__name__)
+
+
+# The rung that serves before any fine-tuned model, scored on a candidate's rows: (schema, train rows, test rows) ->
+# {"split", "n", "primary", "model_version"}, or None when not comparable. training knows no rung but its own, so
+# the backend passes its instant learner in (backend/instant_rival.py).
+GateRival = Callable[[Schema, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], dict[str, Any] | None]
 
 
 class NoAcceptedData(WorkbenchError, ValueError):
@@ -87,14 +93,14 @@ def run_training(
     source: str = "",
     keep_versions: int | None = None,
     job_token: str | os.PathLike | None = None,
-    instant_rival: bool = True,
+    rival: GateRival | None = None,
 ) -> TrainingOutcome:
     """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`.
 
     `keep_versions`: afterwards, prune the registry to the newest N versions (None: keep all). `job_token`: set by
     the backend's job runner; the promotion happens only if the token is still there (see `Registry.promote`).
-    `instant_rival`: while no fine-tuned model is promoted, the candidate must also beat the instant learner (the
-    rung that serves then) fitted on its training rows and scored on its test rows (training/instant_rival.py).
+    `rival`: while no fine-tuned model is promoted, the candidate must also beat what serves then, as `rival` scores
+    it on the candidate's own rows (the backend passes its instant learner, backend/instant_rival.py; None: no rival).
     """
     args = args or TrainingArguments()
     registry = Registry(models_dir)
@@ -170,13 +176,11 @@ def run_training(
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
-    if promote and instant_rival and not force and _nothing_promoted(registry) and outputs["test"][0]:
+    if promote and rival is not None and not force and _nothing_promoted(registry) and outputs["test"][0]:
         mark = time.perf_counter()
-        from training.instant_rival import instant_rival_report
-
         train_rows = [*dataset["train"], *dataset["validation"]]
         try:
-            metrics["instant_learner"] = instant_rival_report(schema, train_rows, outputs["test"][0])
+            metrics["instant_learner"] = rival(schema, train_rows, outputs["test"][0])
         except Exception as error:  # the rival is a safeguard: without it the usual gate still applies
             log.warning("could not score the instant learner for the gate: %s", error)
         timings["instant_rival_seconds"] = time.perf_counter() - mark
@@ -258,18 +262,6 @@ def _nothing_promoted(registry: Registry) -> bool:
         return registry.current() is None
     except (WorkbenchError, OSError):
         return False
-
-
-def train_from_export(
-    path: str | os.PathLike,
-    schema: Schema | str | os.PathLike | None = None,
-    models_dir: str | os.PathLike = "models",
-    args: TrainingArguments | None = None,
-    **kwargs: Any,
-) -> TrainingOutcome:
-    """`run_training` on a Label Studio JSON export file."""
-    loaded = schema if isinstance(schema, Schema) else load_schema(schema)
-    return run_training(load_export(path), loaded, models_dir, args, source=str(path), **kwargs)
 
 
 def _library_versions() -> dict[str, str]:

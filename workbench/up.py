@@ -105,7 +105,9 @@ def wait_for(url: str, process: subprocess.Popen | None, name: str, log: Path, t
 
 def run_up(options: UpOptions) -> None:
     """Start everything, provision and pre-annotate the sample project, then wait for Ctrl-C."""
-    from annotation_config.provision import (
+    from annotation_config.schema import load_schema
+    from backend.settings import Settings
+    from studio.provision import (
         DEFAULT_TASKS_PATH,
         connect,
         connect_backend,
@@ -113,8 +115,6 @@ def run_up(options: UpOptions) -> None:
         read_tasks,
         request_predictions,
     )
-    from annotation_config.schema import load_schema
-    from backend.settings import Settings
 
     options.state_dir.mkdir(parents=True, exist_ok=True)
     schema = load_schema(options.schema)

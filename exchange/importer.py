@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annotation_config.annotations import annotator_of, is_cancelled, is_ground_truth
 from annotation_config.errors import WorkbenchError
-from annotation_config.provision import call, find_project, provision, task_data
 from annotation_config.regions import RegionError, labels_to_results, results_to_labels
 from annotation_config.schema import Dimension, Schema
+from studio.provision import call, find_project, provision, task_data
 
 ANNOTATOR, LEAD_TIME, SCORE = "annotator", "lead_time", "score"
 WAS_CANCELLED, GROUND_TRUTH = "was_cancelled", "ground_truth"
@@ -550,16 +551,14 @@ def _label_studio_task(item: Any, schema: Schema, where: str, *, derive_key: boo
             labels = results_to_labels(schema, annotation.get("result") or [], task.data)
         except RegionError as error:
             raise _RowError(f"annotations[{i}].{error}") from None
-        who = annotation.get("completed_by")
-        if isinstance(who, dict):
-            who = who.get("email") or who.get("id")
+        who = annotator_of(annotation)
         task.annotations.append(
             AnnotationIn(
                 labels=labels,
                 annotator=None if who is None else str(who),
                 lead_time=_number(annotation.get("lead_time"), f"annotations[{i}].lead_time"),
-                was_cancelled=bool(annotation.get("was_cancelled")),
-                ground_truth=bool(annotation.get("ground_truth")),
+                was_cancelled=is_cancelled(annotation),
+                ground_truth=is_ground_truth(annotation),
                 created_at=_text_or_none(annotation.get("created_at")),
                 updated_at=_text_or_none(annotation.get("updated_at")),
             )
