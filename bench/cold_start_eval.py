@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schema", type=Path, default=None)
     parser.add_argument("--impl", type=Path, default=None, help="another cold_start.py to score (before/after)")
     parser.add_argument(
-        "--rev", default=None, help="score a git revision's backend/cold_start.py with that revision's schema.yaml"
+        "--rev", default=None, help="score a git revision's cold start predictor with that revision's schema.yaml"
     )
     parser.add_argument("--top-frames", type=int, default=2)
     parser.add_argument("--abstain-score", type=float, default=0.5, help="abstain label below this score = abstain")
@@ -242,11 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.rev:  # e.g. --rev HEAD: the figures before the working tree's changes
         folder = Path(tempfile.mkdtemp(prefix="cold-start-rev-"))
-        for path, name in (
-            ("backend/cold_start.py", "cold_start.py"),
-            ("annotation_config/schema.yaml", "schema.yaml"),
+        for paths, name in (
+            (("backend/cold_start/predictor.py", "backend/cold_start.py"), "cold_start.py"),  # new layout, then old
+            (("annotation_config/schema.yaml",), "schema.yaml"),
         ):
-            shown = subprocess.run(["git", "show", f"{args.rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+            for path in paths:
+                shown = subprocess.run(["git", "show", f"{args.rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+                if shown.returncode == 0:
+                    break
             if shown.returncode != 0:
                 print(f"git show {args.rev}:{path}: {shown.stderr.strip()}", file=sys.stderr)
                 return 1

@@ -308,7 +308,9 @@ def test_the_first_candidate_is_gated_against_the_instant_learner_on_its_test_ro
     """With nothing promoted, the instant learner serves: the run scores it (fitted on the candidate's training
     rows, real encoder) on the candidate's test rows, and promotes only a candidate at least as good."""
     models = tmp_path / "models"
-    outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic")
+    from backend.instant_rival import instant_rival_report
+
+    outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic", rival=instant_rival_report)
     assert outcome.status == "trained"
     metrics = json.loads((outcome.model_dir / "metrics.json").read_text())
     rival = metrics["instant_learner"]
