@@ -124,14 +124,23 @@ def test_trained_predictor_serves_every_dimension(trained, schema):
 
 
 def test_predictor_is_safe_to_call_from_several_threads(trained):
+    """Calls from several threads at once each get exactly the answers that a call alone gets for its tasks."""
     from concurrent.futures import ThreadPoolExecutor
 
     outcome, _, _ = trained
     predictor = TrainedPredictor(outcome.model_dir)
-    tasks = [t["data"] for t in synthetic_export(8)]
+    tasks = [t["data"] for t in synthetic_export(12)]
+    chunks = [tasks[i : i + size] for size in (1, 2, 3) for i in range(0, 12, size)]  # 22 calls, 3 batch sizes
+    alone = [predictor.predict(chunk) for chunk in chunks]
+    assert len({json.dumps(p.scores, sort_keys=True) for answers in alone for p in answers}) > 1  # answers differ
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(predictor.predict, [tasks[i : i + 2] for i in range(0, 8, 2)]))
-    assert [len(r) for r in results] == [2, 2, 2, 2]
+        together = list(pool.map(predictor.predict, chunks * 3))
+    for expected, got in zip(alone * 3, together, strict=True):
+        assert len(got) == len(expected)
+        for mine, reference in zip(got, expected, strict=True):
+            assert mine.labels == reference.labels
+            assert mine.scores == pytest.approx(reference.scores, abs=1e-6)
+            assert mine.score == pytest.approx(reference.score, abs=1e-6)
 
 
 def test_if_new_data_exits_at_once(trained):
