@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotation_config.errors import CommandError, WorkbenchError
+from annotation_config.errors import CommandError, WorkbenchError, read_user_file
 
 LABEL_STUDIO_URL_ENV = "LABEL_STUDIO_URL"
 
@@ -66,12 +66,8 @@ def load_tasks(
 def load_export(path: str | Path) -> list[dict]:
     """Read a Label Studio JSON export (a list of tasks) or a JSON-lines file of tasks."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such export file; export the project as JSON from Label Studio") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExportError(f"{path}: cannot read the export ({error})") from None
+    missing = "no such export file; export the project as JSON from Label Studio"
+    text = read_user_file(path, ExportError, missing, "export")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:
