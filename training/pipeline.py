@@ -121,8 +121,8 @@ def run_training(
         )
 
     mark = time.perf_counter()
-    from training.calibration import fit_temperature, save_calibration
-    from training.evaluation import evaluate_outputs, save_report
+    from training.calibration import save_calibration
+    from training.evaluation import save_report
     from training.predict import run_model
     from training.trainer import train_model
 
@@ -149,30 +149,11 @@ def run_training(
         # only the views a row has labels for: evaluation and calibration need no other answers
         out = run_model(model, tokenizer, rows, args.eval_batch_size, labelled_only=True) if rows else None
         outputs[name] = (rows, out)
-    temperatures = {}
-    val_rows, val_out = outputs["validation"]
-    for dim in config.dimensions:
-        if dim["kind"] == "spans" or not args.calibrate or val_out is None:
-            continue
-        have = [i for i, row in enumerate(val_rows) if row.get(dim["name"]) is not None]
-        if len(have) < max(1, args.calibration_min_examples):
-            continue
-        if dim["kind"] == "single":
-            labels = [dim["labels"].index(val_rows[i][dim["name"]]) for i in have]
-        else:
-            labels = [[float(v in val_rows[i][dim["name"]]) for v in dim["labels"]] for i in have]
-        temperatures[dim["name"]] = fit_temperature(val_out.logits[dim["name"]][have], labels, dim["kind"])
+    temperatures = _fit_temperatures(config.dimensions, *outputs["validation"], args)
     timings["calibrate_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for name, (rows, out) in outputs.items():
-        if out is None:
-            metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
-            continue
-        probs = out.probabilities(config.dimensions, temperatures)
-        raw = out.probabilities(config.dimensions)
-        metrics[name] = evaluate_outputs(config.dimensions, rows, probs, out.spans, raw)
+    metrics = _evaluate(config.dimensions, outputs, temperatures)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
@@ -262,6 +243,44 @@ def _nothing_promoted(registry: Registry) -> bool:
         return registry.current() is None
     except (WorkbenchError, OSError):
         return False
+
+
+def _fit_temperatures(
+    dimensions: list[dict[str, Any]], rows: list[dict[str, Any]], out: Any, args: TrainingArguments
+) -> dict[str, float]:
+    """Per choice dimension, the temperature fitted on the validation rows labelled for it (when there are enough)."""
+    from training.calibration import fit_temperature
+
+    temperatures = {}
+    for dim in dimensions:
+        if dim["kind"] == "spans" or not args.calibrate or out is None:
+            continue
+        have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
+        if len(have) < max(1, args.calibration_min_examples):
+            continue
+        if dim["kind"] == "single":
+            labels = [dim["labels"].index(rows[i][dim["name"]]) for i in have]
+        else:
+            labels = [[float(v in rows[i][dim["name"]]) for v in dim["labels"]] for i in have]
+        temperatures[dim["name"]] = fit_temperature(out.logits[dim["name"]][have], labels, dim["kind"])
+    return temperatures
+
+
+def _evaluate(
+    dimensions: list[dict[str, Any]], outputs: Mapping[str, tuple[list[dict[str, Any]], Any]], temperatures: dict
+) -> dict[str, Any]:
+    """Metrics per split, on calibrated scores (and on uncalibrated ones, which the report compares them with)."""
+    from training.evaluation import evaluate_outputs
+
+    metrics: dict[str, Any] = {}
+    for name, (rows, out) in outputs.items():
+        if out is None:
+            metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
+            continue
+        probs = out.probabilities(dimensions, temperatures)
+        raw = out.probabilities(dimensions)
+        metrics[name] = evaluate_outputs(dimensions, rows, probs, out.spans, raw)
+    return metrics
 
 
 def _library_versions() -> dict[str, str]:
