@@ -1,4 +1,5 @@
-"""The label schema, the Label Studio labeling config, region conversion and project provisioning."""
+"""The label schema, the Label Studio labeling config, region conversion, and the fields of Label Studio tasks and
+annotations (annotations.py: annotator identity, task key, counted / cancelled / ground truth)."""
 
 from annotation_config.errors import WorkbenchError
 from annotation_config.label_config import LabelConfigError, render_label_config, validate_label_config

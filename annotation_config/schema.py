@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from annotation_config.errors import WorkbenchError
+from annotation_config.errors import WorkbenchError, read_user_file
 
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
@@ -270,12 +270,7 @@ def parse_schema(raw: Any, source: str = "<schema>") -> Schema:
 def load_schema(path: str | Path | None = None) -> Schema:
     """Load and validate a schema file (the sample schema when no path is given)."""
     path = Path(path) if path else DEFAULT_SCHEMA_PATH
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: no such schema file; pass an existing file with --schema PATH") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SchemaError(f"{path}: cannot read the schema ({error})") from None
+    text = read_user_file(path, SchemaError, "no such schema file; pass an existing file with --schema PATH", "schema")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -97,7 +97,7 @@ def default_predictors(settings: Settings, schema: Schema):
     """Factories for the cold-start predictor and for loading a trained model folder."""
 
     def cold_start() -> Predictor:
-        from backend.cold_start import ColdStartPredictor, served_embedder
+        from backend.cold_start.predictor import ColdStartPredictor, served_embedder
 
         embedder = served_embedder(settings)
         log.info("cold-start encoder: %s", embedder.describe())
@@ -112,8 +112,8 @@ def default_predictors(settings: Settings, schema: Schema):
 
 
 def training_command(settings: Settings, service_projects: dict[str, dict[str, str]]):
-    """How the job runner starts training: `workbench train` arguments for a child process, secrets via the
-    environment (a command line is visible to every user in `ps`).
+    """How the job runner starts training: `train` arguments of training's command line for a child process, secrets
+    via the environment (a command line is visible to every user in `ps`).
 
     Jobs talk only to a Label Studio the operator configured: LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, or a URL
     in WORKBENCH_ALLOWED_LS_URLS that a /setup named, with the token that same /setup gave. The server's own key is
@@ -165,7 +165,7 @@ def project_loader(settings: Settings, service_projects: Mapping[str, Mapping[st
         url, key = label_studio_for(settings, service_projects, project_id)
         if not (url and key and project_id.isdigit()):
             return None
-        from annotation_config.provision import connect, export_tasks
+        from studio.provision import connect, export_tasks
 
         return export_tasks(connect(url, key), int(project_id))
 

@@ -42,12 +42,13 @@ from typing import Any, Literal
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from annotation_config.annotations import ANNOTATION_FIELDS, stamp
 from annotation_config.regions import Prediction
 from annotation_config.schema import Dimension, Schema
-from backend.cold_start import Embedder, is_word_char, non_overlapping_spans
+from backend.cold_start.predictor import Embedder, is_word_char, non_overlapping_spans
 from backend.predictor import Predictor
-from backend.uncertainty import task_score
 from training.data import AcceptancePolicy, Example, accept, data_hash
+from training.uncertainty import task_score
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ LEARNER_RECIPE = "1"
 EDIT_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 BULK_CREATED = "ANNOTATIONS_CREATED"
 DELETED = "ANNOTATIONS_DELETED"
-# The annotation fields the acceptance policy reads; nothing else is kept (a webhook annotation carries ~25).
-_ANNOTATION_FIELDS = ("id", "result", "was_cancelled", "ground_truth", "completed_by", "created_at", "updated_at")
 MAX_CUE_CHARS = 80  # a marked span longer than this is a passage, not a cue that recurs
 MAX_SCORE = 0.99  # no figure claims certainty
 
@@ -692,9 +691,9 @@ class InstantLearner:
             state = self._tasks.setdefault(task_id, _TaskState())
             if isinstance(data_of.get(task_id), Mapping):
                 state.data = dict(data_of[task_id])
-            kept = copy.deepcopy({k: annotation.get(k) for k in _ANNOTATION_FIELDS})  # the caller's dict may change
+            kept = copy.deepcopy({k: annotation.get(k) for k in ANNOTATION_FIELDS})  # the caller's dict may change
             held = state.annotations.get(annotation["id"])
-            if newer_only and held is not None and _stamp(held) > _stamp(kept):
+            if newer_only and held is not None and stamp(held) > stamp(kept):
                 continue  # a webhook brought a newer copy than the export read earlier
             moved_from = self._task_of.get(annotation["id"])
             if moved_from is not None and moved_from != task_id and moved_from in self._tasks:
@@ -919,10 +918,6 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, Mapping) or not isinstance(value, Sequence) or isinstance(value, str | bytes):
         return [value]
     return list(value)
-
-
-def _stamp(annotation: Mapping[str, Any]) -> str:
-    return str(annotation.get("updated_at") or annotation.get("created_at") or "")
 
 
 def _sort_key(annotation_id: Any) -> tuple[int, Any]:

@@ -3,10 +3,11 @@
 A request while a job runs marks a follow-up run (new labels arrived), so nothing is lost and jobs never overlap.
 Without a training command (training not installed or not configured) requests are only recorded.
 
-Each job runs `workbench <args>` in a process of its own, started by a launcher:
+Each job runs `training`'s command line (`<args>`, through backend/train_job.py, which adds the instant learner as
+the gate's rival) in a process of its own, started by a launcher:
   WarmLauncher  forks it from a warm interpreter that already imported torch, transformers and the training code
                 (multiprocessing's forkserver with those modules preloaded): no 4-18 s of imports per job.
-  ColdLauncher  a fresh `python -m workbench <args>` process per job (WORKBENCH_TRAIN_WARM=false).
+  ColdLauncher  a fresh `python -m backend.train_job <args>` process per job (WORKBENCH_TRAIN_WARM=false).
 Either way the job is the leader of its own process group, writes to its own log file, and a crash of it cannot
 take the backend down.
 
@@ -80,7 +81,7 @@ class JobStatus:
     history: list[dict] = field(default_factory=list)
 
 
-# Builds the `workbench` arguments (e.g. ["train", "--quiet", ...]) and extra environment of a training run for a
+# Builds the `training` arguments (e.g. ["train", "--quiet", ...]) and extra environment of a training run for a
 # project (None: use settings only).
 CommandBuilder = Callable[[str | None], tuple[list[str], dict[str, str]]]
 
@@ -96,7 +97,7 @@ class Job(Protocol):
 
 
 class ColdLauncher:
-    """Each job is a fresh `python -m workbench <args>` process."""
+    """Each job is a fresh `python -m backend.train_job <args>` process."""
 
     name = "cold"
 
@@ -104,10 +105,10 @@ class ColdLauncher:
         """Nothing to prepare."""
 
     def start(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> Job:
-        """Start `workbench <args>` with `env` added, output appended to `log_path`."""
+        """Start `python -m backend.train_job <args>` with `env` added, output appended to `log_path`."""
         with open(log_path, "ab") as log_file:
             return subprocess.Popen(
-                [sys.executable, "-m", "workbench", *args],
+                [sys.executable, "-m", "backend.train_job", *args],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -116,8 +117,8 @@ class ColdLauncher:
             )
 
 
-# What a warm training worker imports once (everything `workbench train` imports lazily before its first step).
-WARM_MODULES = ("training.warm",)
+# What a warm training worker imports once (everything `train` imports lazily before its first step).
+WARM_MODULES = ("backend.warm",)
 
 
 class WarmLauncher:
@@ -125,8 +126,8 @@ class WarmLauncher:
 
     The forkserver is a fresh interpreter started by this process (not a fork of the backend, so no ONNX sessions,
     threads or sockets leak into jobs); it imports `WARM_MODULES` once and then forks one child per job. Each child
-    runs `workbench.cli.main(args)` as `python -m workbench` would. The modules must not initialise CUDA or torch's
-    thread pools, which do not survive a fork: importing them does neither (training/warm.py).
+    runs `backend.train_job.main(args)` as `python -m backend.train_job` would. The modules must not initialise CUDA
+    or torch's thread pools, which do not survive a fork: importing them does neither (backend/warm.py).
     """
 
     name = "warm"
@@ -153,9 +154,9 @@ class WarmLauncher:
             raise RuntimeError(f"the warm training worker could not import the training code (exit {probe.exitcode})")
 
     def start(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> Job:
-        """Fork `workbench <args>` from the warm interpreter, with `env` added, output appended to `log_path`."""
+        """Fork a job from the warm interpreter, with `env` added, output appended to `log_path`."""
         process = self._context.Process(
-            target=_run_workbench, args=(list(args), dict(env), str(log_path)), name="workbench-train"
+            target=_run_job, args=(list(args), dict(env), str(log_path)), name="workbench-train"
         )
         process.start()
         return _ForkedJob(process)
@@ -181,8 +182,8 @@ def _check_preloaded() -> None:
     sys.exit(0 if all(name in sys.modules for name in WARM_MODULES) else 3)
 
 
-def _run_workbench(args: list[str], env: dict[str, str], log_path: str) -> None:
-    """The body of a forked job: its own session and log file, then the `workbench` command line."""
+def _run_job(args: list[str], env: dict[str, str], log_path: str) -> None:
+    """The body of a forked job: its own session and log file, then the training job's command line."""
     os.setsid()  # its own process group, as start_new_session=True gives a cold job: stop() signals the group
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null_fd = os.open(os.devnull, os.O_RDONLY)
@@ -191,7 +192,7 @@ def _run_workbench(args: list[str], env: dict[str, str], log_path: str) -> None:
     os.close(log_fd)
     os.close(null_fd)
     os.environ.update(env)
-    from workbench.cli import main
+    from backend.train_job import main
 
     main(args)  # exits through SystemExit: multiprocessing turns its code into the exit code
 

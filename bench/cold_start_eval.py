@@ -51,9 +51,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_predictor_class(impl: Path | None) -> type:
-    """ColdStartPredictor from backend.cold_start, or from another file (e.g. an older revision, for a before/after)."""
+    """ColdStartPredictor from backend.cold_start.predictor, or from another file (an older revision: before/after)."""
     if impl is None:
-        from backend.cold_start import ColdStartPredictor
+        from backend.cold_start.predictor import ColdStartPredictor
 
         return ColdStartPredictor
     spec = importlib.util.spec_from_file_location("cold_start_under_test", impl)
@@ -67,7 +67,7 @@ def load_predictor_class(impl: Path | None) -> type:
 def abstain_value(dim: Dimension) -> str | None:
     """The dimension's abstain label if the cold start module names one (same rule as the predictor), else None."""
     try:
-        from backend.cold_start import abstain_label
+        from backend.cold_start.predictor import abstain_label
     except ImportError:  # an older cold start without the notion: fall back to the conventional names
         names = {"none", "neutral", "not_applicable", "n_a", "na", "no_stance", "unrelated", "other"}
         return next((v for v in dim.values if v.lower().replace("-", "_").replace(" ", "_") in names), None)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schema", type=Path, default=None)
     parser.add_argument("--impl", type=Path, default=None, help="another cold_start.py to score (before/after)")
     parser.add_argument(
-        "--rev", default=None, help="score a git revision's backend/cold_start.py with that revision's schema.yaml"
+        "--rev", default=None, help="score a git revision's cold start predictor with that revision's schema.yaml"
     )
     parser.add_argument("--top-frames", type=int, default=2)
     parser.add_argument("--abstain-score", type=float, default=0.5, help="abstain label below this score = abstain")
@@ -242,11 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.rev:  # e.g. --rev HEAD: the figures before the working tree's changes
         folder = Path(tempfile.mkdtemp(prefix="cold-start-rev-"))
-        for path, name in (
-            ("backend/cold_start.py", "cold_start.py"),
-            ("annotation_config/schema.yaml", "schema.yaml"),
+        for paths, name in (
+            (("backend/cold_start/predictor.py", "backend/cold_start.py"), "cold_start.py"),  # new layout, then old
+            (("annotation_config/schema.yaml",), "schema.yaml"),
         ):
-            shown = subprocess.run(["git", "show", f"{args.rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+            for path in paths:
+                shown = subprocess.run(["git", "show", f"{args.rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+                if shown.returncode == 0:
+                    break
             if shown.returncode != 0:
                 print(f"git show {args.rev}:{path}: {shown.stderr.strip()}", file=sys.stderr)
                 return 1
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = {t["key"]: t for t in read_jsonl(args.tasks)} if args.tasks.exists() else {}
     rows = [{**tasks.get(r.get("key"), {}), **r} for r in read_jsonl(args.dev)]
 
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
 
     predictor = load_predictor_class(args.impl)(schema, SentenceEmbedder(threads=args.threads))
     report = evaluate(schema, rows, predictor, args.top_frames, args.abstain_score)

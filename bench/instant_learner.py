@@ -295,8 +295,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from backend.cold_start import ColdStartPredictor
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
+    from backend.cold_start.predictor import ColdStartPredictor
 
     schema = load_schema(args.schema)
     embedder = SentenceEmbedder(runtime="onnx", precision="int8", threads=args.threads)  # the served default

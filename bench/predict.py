@@ -211,7 +211,7 @@ def accuracy(paths: list[str], threads: int, probe: Path | None, repeats: int) -
     """Per path: embedding cosine to torch fp32 on the sample paragraphs, and the probe's macro-F1."""
     import numpy as np
 
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
 
     paragraphs = list(dict.fromkeys(t["text"] for t in sample_paragraphs(10_000)))
     tweets = read_semeval(probe) if probe else None

@@ -66,7 +66,7 @@ def main() -> None:
             del os.environ[name]
     logging.getLogger("training").setLevel(logging.WARNING)
 
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
     from training.training_args import TrainingArguments
 
     schema = load_schema()

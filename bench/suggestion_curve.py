@@ -21,7 +21,7 @@ macro-F1 on ~20 paragraphs with absent classes is very noisy).
 Methods at the same label counts, on the same labelled tasks:
   cold start          what serves before any label (count 0 of the curve)
   instant learner     what the backend serves after the webhooks (backend/instant_learner.py)
-  fine-tune           training.pipeline.run_training on the labelled tasks (promote=False, instant_rival=False, a
+  fine-tune           training.pipeline.run_training on the labelled tasks (promote=False, a
                       temporary models folder), its model scored through training.predict.TrainedPredictor;
                       --finetune-mode pipeline: the pipeline's own grouped 0.8/0.1/0.1 split (what would serve);
                       all: every labelled task trains (split 1/0/0: no early stopping, no calibration). Slow on
@@ -358,7 +358,7 @@ def finetune(schema: Schema, rows, data, labelled: Sequence[int], test: Sequence
         annotation = {"id": i + 1, "result": result, "completed_by": 1, "was_cancelled": False, "ground_truth": False}
         tasks.append({"id": i + 1, "data": data[i], "annotations": [annotation]})
     started = time.perf_counter()
-    outcome = run_training(tasks, schema, models_dir, train_args, promote=False, instant_rival=False, source="bench")
+    outcome = run_training(tasks, schema, models_dir, train_args, promote=False, source="bench")
     trained = time.perf_counter() - started
     predictor = TrainedPredictor(outcome.model_dir, threads=train_args.threads)
     labels = [p.labels for p in predictor.predict([data[i] for i in test])]

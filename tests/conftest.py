@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from annotation_config.provision import DEFAULT_TASKS_PATH, connect, read_tasks
 from annotation_config.schema import Schema, load_schema
+from studio.provision import DEFAULT_TASKS_PATH, connect, read_tasks
 from workbench.services import LabelStudioServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,7 +49,7 @@ def ls_client(label_studio: LabelStudioServer):
 @pytest.fixture(scope="session")
 def cold_start_predictor(schema: Schema):
     """The real cold-start predictor on the real all-MiniLM-L6-v2 weights, loaded once per session."""
-    from backend.cold_start import ColdStartPredictor
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
+    from backend.cold_start.predictor import ColdStartPredictor
 
     return ColdStartPredictor(schema, SentenceEmbedder())

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from annotation_config.provision import connect_backend, provision, request_predictions
 from annotation_config.regions import results_to_labels
 from backend.app import create_app
 from backend.settings import Settings
+from studio.provision import connect_backend, provision, request_predictions
 from workbench.services import ServerThread
 
 pytestmark = pytest.mark.e2e

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from backend.app import create_app, registry_link
 from backend.holder import ModelHolder
 from backend.settings import Settings
+from tests.test_reliability_support import wait_for
 from tests.test_training_pipeline import TINY, synthetic_export
 from training.pipeline import run_training
 from training.predict import TrainedPredictor
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 def two_models(schema, tmp_path_factory):
     """A registry with two trained versions; the second one is current."""
     models = tmp_path_factory.mktemp("models")
-    first = run_training(synthetic_export(12), schema, models, TINY, instant_rival=False)
+    first = run_training(synthetic_export(12), schema, models, TINY)
     second = run_training(synthetic_export(16), schema, models, TINY, force=True)
     assert first.promoted and second.promoted
     return models, first.version, second.version
@@ -61,35 +63,88 @@ def test_swap_broken_model_and_rollback(two_models, cold_start_predictor, tmp_pa
     assert holder.current is cold_start_predictor
 
 
+class SlowPredictor:
+    """A trained predictor that takes a moment per task, so that a model swap lands inside requests."""
+
+    def __init__(self, inner: TrainedPredictor) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def predict(self, tasks):
+        time.sleep(0.01 * len(tasks))
+        return self.inner.predict(tasks)
+
+
+def fingerprint(item: dict) -> tuple[list[str], list[float]]:
+    """The labels and scores of one /predict result item (its task score first)."""
+    regions = sorted(item["result"], key=lambda r: (r["from_name"], json.dumps(r["value"], sort_keys=True)))
+    labels = [f"{r['from_name']}={json.dumps(r['value'], sort_keys=True)}" for r in regions]
+    return labels, [item["score"], *(float(r.get("score") or 0.0) for r in regions)]
+
+
+def same_answer(a: dict, b: dict, tolerance: float = 1e-3) -> bool:
+    (labels_a, scores_a), (labels_b, scores_b) = fingerprint(a), fingerprint(b)
+    return labels_a == labels_b and all(abs(x - y) <= tolerance for x, y in zip(scores_a, scores_b, strict=True))
+
+
 def test_health_reports_trained_model_and_requests_never_mix_versions(two_models, cold_start_predictor, schema):
-    models, _, second = two_models
-    predictors = (lambda: cold_start_predictor, lambda version, folder: TrainedPredictor(folder))
-    app = create_app(Settings(models_dir=models, reload_interval=0.2), predictors=predictors)
+    """While the served model switches back and forth under concurrent /predict requests, every result of a
+    response is the answer of the one model that the response names (compared with each model's own answers)."""
+    models, first, second = two_models
+    texts = [f"NATO troops {i} are massing near the border, officials say." for i in range(4)]
+    datas = [{"text": text} for text in texts]
+    own = {}
+    for version in (first, second):
+        predictions = TrainedPredictor(models / version).predict(datas)
+        own[version] = [p.to_label_studio(schema, d, version) for p, d in zip(predictions, datas, strict=True)]
+    # the two models answer every text differently, so a response that mixed them cannot pass for either
+    assert not any(same_answer(a, b, 1e-2) for a, b in zip(own[first], own[second], strict=True))
+
+    predictors = (lambda: cold_start_predictor, lambda version, folder: SlowPredictor(TrainedPredictor(folder)))
+    app = create_app(Settings(models_dir=models, reload_interval=0.05), predictors=predictors)
     errors: list[str] = []
+    seen: list[str] = []
+    stop = threading.Event()
     with TestClient(app) as client:
         health = client.get("/health").json()
         assert health["model_kind"] == "trained" and health["model_version"] == second
 
         def hammer() -> None:
-            for _ in range(10):
-                body = client.post(
-                    "/predict", json={"tasks": [{"data": {"text": f"NATO troops {i}"}} for i in range(4)]}
-                )
-                if body.status_code != 200:
-                    errors.append(body.text)
+            while not stop.is_set():
+                response = client.post("/predict", json={"tasks": [{"data": d} for d in datas]})
+                if response.status_code != 200:
+                    errors.append(response.text)
                     continue
-                versions = {item["model_version"] for item in body.json()["results"]}
-                if len(versions) != 1 or versions != {body.json()["model_version"]}:
-                    errors.append(f"mixed versions {versions}")
+                body = response.json()
+                version = body["model_version"]
+                seen.append(version)
+                for i, item in enumerate(body["results"]):
+                    if item["model_version"] != version or not same_answer(item, own[version][i]):
+                        errors.append(f"task {i} of a {version} response is not {version}'s answer")
+
+        def serves(version: str) -> bool:
+            mark = len(seen)
+            return wait_for(lambda: version in seen[mark:], 60, f"a response of {version}")
 
         threads = [threading.Thread(target=hammer) for _ in range(3)]
         for thread in threads:
             thread.start()
-        Registry(models).rollback()
-        for thread in threads:
-            thread.join()
-        Registry(models).promote(second, force=True)
+        try:
+            registry = Registry(models)
+            for _ in range(4):  # eight swaps, each while three requests are in flight
+                serves(second)
+                registry.rollback()
+                serves(first)
+                registry.promote(second, force=True)
+            serves(second)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
     assert errors == []
+    assert seen.count(first) and seen.count(second)
     assert client.app.state.service.schema.hash == schema.hash
 
 

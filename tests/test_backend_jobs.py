@@ -1,5 +1,5 @@
-"""The job runner with both launchers, on real `workbench` commands: warm (forked from a forkserver that preloaded
-torch, transformers and the training code) and cold (a fresh `python -m workbench` process).
+"""The job runner with both launchers, on real training commands: warm (forked from a forkserver that preloaded
+torch, transformers and the training code) and cold (a fresh `python -m backend.train_job` process).
 
 Each test runs one real child per launcher; the warm launcher's forkserver is started once per test session.
 """
@@ -32,7 +32,7 @@ def finished(runner: JobRunner, timeout: float = 120) -> dict:
 def test_a_job_runs_the_command_and_the_new_model_serves_before_success_is_published(kind, tmp_path):
     seen_by_callback = []
     runner = JobRunner(
-        lambda project: (["config", "validate"], {}),
+        lambda project: (["models", "list", "--models", str(tmp_path / "models")], {}),
         tmp_path / "logs",
         on_finish=lambda ok: seen_by_callback.append((ok, runner.snapshot()["state"])),
         launcher=LAUNCHERS[kind](),
@@ -46,7 +46,7 @@ def test_a_job_runs_the_command_and_the_new_model_serves_before_success_is_publi
     assert status["launcher"] == kind
     # on_finish (the backend's model swap) ran while /health still said "running": "succeeded" means serving
     assert seen_by_callback[0] == (True, "running")
-    assert "ok: sample schema" in Path(status["log_file"]).read_text()
+    assert "no models in" in Path(status["log_file"]).read_text()
     # the follow-up run asked for during the first one starts by itself and ends too
     status = wait_for(lambda: (s := runner.snapshot())["jobs_started"] == 2 and s["state"] != "running" and s, 120, "2")
     assert status["state"] == "succeeded" and status["reason"] == "labels changed during the last run"
@@ -96,11 +96,9 @@ def test_the_token_reaches_the_job_through_its_environment_and_stop_ends_it(kind
 
 
 def test_annotations_arriving_during_a_job_stay_new_and_a_failed_job_gives_its_own_back(tmp_path):
-    from annotation_config.schema import DEFAULT_SCHEMA_PATH
-
-    schema = {"path": DEFAULT_SCHEMA_PATH}
+    command = {"action": "list"}  # then "rollback": no earlier version to go back to, so the job fails
     runner = JobRunner(
-        lambda project: (["config", "validate", "--schema", str(schema["path"])], {}),
+        lambda project: (["models", command["action"], "--models", str(tmp_path / "models")], {}),
         tmp_path / "logs",
         train_every=2,
         launcher=WarmLauncher(),
@@ -111,13 +109,13 @@ def test_annotations_arriving_during_a_job_stay_new_and_a_failed_job_gives_its_o
     assert runner.annotation_changed("1") == "recorded"  # arrives while it runs (or just after): still new
     status = finished(runner)
     assert status["state"] == "succeeded" and status["new_annotations"] == 1
-    schema["path"] = tmp_path / "missing.yaml"  # the next job fails
+    command["action"] = "rollback"  # the next job fails
     assert runner.annotation_changed("1") == "queued"
     status = finished(runner)
     assert status["state"] == "failed" and status["new_annotations"] == 2  # nothing was learnt: they stay new
 
 
-# A stand-in for `workbench`, started in a blink: its first argument that is not "train" or an option says what to
+# A stand-in for the training job, started in a blink: its first argument that is not "train" or an option says what to
 # do: "exit CODE MESSAGE", "wait FILE" (until FILE exists), or "hang MODELS VERSION": ignore SIGTERM, report whether
 # the job's token was still there when SIGTERM came, then try to promote VERSION with that token.
 FAKE_JOB = """
@@ -147,7 +145,7 @@ if mode == "hang":
 
 
 class FakeLauncher(ColdLauncher):
-    """Runs FAKE_JOB instead of `workbench`, in its own process group like a real cold job; records each start."""
+    """Runs FAKE_JOB instead of the training job, in its own process group like a real cold job; records each start."""
 
     def __init__(self) -> None:
         self.started: list[tuple[list[str], dict[str, str], subprocess.Popen]] = []
@@ -203,7 +201,7 @@ def test_start_training_with_nothing_new_is_a_quick_skip_unless_forced(tmp_path,
         models / "logs",
         on_finish=swaps.append,
         models_dir=models,
-        launcher=ColdLauncher(),  # the real `workbench train`
+        launcher=ColdLauncher(),  # the real `train`
     )
     assert runner.submit("START_TRAINING", "1") == "queued"
     status = finished(runner, timeout=60)

@@ -9,9 +9,15 @@ import pytest
 
 from annotation_config.regions import Prediction, results_to_labels
 from annotation_config.schema import Schema, load_schema, parse_schema
-from backend.cold_start import ABSTAIN_SCORE, MAX_SCORE, NOT_CONCERNED_SCORE, ColdStartPredictor, abstain_label
+from backend.cold_start.embedder import SentenceEmbedder
+from backend.cold_start.predictor import (
+    ABSTAIN_SCORE,
+    MAX_SCORE,
+    NOT_CONCERNED_SCORE,
+    ColdStartPredictor,
+    abstain_label,
+)
 from backend.predictor import Predictor
-from training.embedding import SentenceEmbedder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HONEST = 0.9  # no cold-start score may claim more
@@ -214,6 +220,11 @@ def test_spans_offsets_with_emoji_and_persian(embedder):
     prediction.to_label_studio(schema, {"text": text}, predictor.model_version)
 
 
+def clickbait(prediction: Prediction) -> tuple[str | None, float]:
+    """The headline_body fixture's clickbait answer (None: no answer) and its score."""
+    return prediction.labels.get("clickbait"), prediction.scores["clickbait"]
+
+
 def test_another_schema_headline_and_body(embedder):
     schema = load_schema(FIXTURES / "headline_body.yaml")
     predictor = ColdStartPredictor(schema, embedder)
@@ -234,12 +245,20 @@ def test_another_schema_headline_and_body(embedder):
         assert max(all_scores(item)) <= HONEST
         for result in item["result"]:
             assert result["to_name"] == ("headline" if result["from_name"] in {"clickbait", "names"} else "body")
-        # every task has a headline, so clickbait is judged on it: an answer, or (no abstain label to fall back on)
-        # no answer at chance when the definitions do not tell
-        if "clickbait" in prediction.labels:
-            assert prediction.labels["clickbait"] in {"yes", "no"} and prediction.scores["clickbait"] > 0.5
-        else:
-            assert prediction.scores["clickbait"] == pytest.approx(0.5)
+        # an answer above chance, or (no abstain label to fall back on) no answer at exactly chance
+        answer, score = clickbait(prediction)
+        assert (answer in {"yes", "no"} and score > 0.5) if answer is not None else score == pytest.approx(0.5)
+    # clickbait is judged on the headline and on nothing else: the same headline over another body gets the same
+    # answer; the other headline's words moved into the body do not change that headline's answer
+    same_headline, moved = predictor.predict(
+        [
+            {"id": "4", "headline": tasks[0]["headline"], "body": tasks[1]["body"]},
+            {"id": "5", "headline": tasks[1]["headline"], "body": tasks[0]["headline"]},
+        ]
+    )
+    assert clickbait(predictions[0]) != clickbait(predictions[1])  # the two headlines are told apart
+    assert clickbait(same_headline) == clickbait(predictions[0])
+    assert clickbait(moved) == clickbait(predictions[1])
     assert [s["text"] for s in predictions[0].labels["names"]] == ["Smith"]
     assert predictions[0].labels["names"][0]["start"] == tasks[0]["headline"].index("Smith")
     assert [s["text"] for s in predictions[2].labels["names"]] == ["smith", "SMITH"]
@@ -355,8 +374,8 @@ def test_without_mentions_the_target_names_decide_and_no_abstain_label_means_no_
 def test_backend_settings_choose_the_encoder_runtime(schema, tmp_path, monkeypatch):
     """WORKBENCH_RUNTIME / WORKBENCH_PRECISION / WORKBENCH_ONNX_CACHE_DIR reach the cold start's embedder."""
     from backend import app as backend_app
+    from backend.cold_start import embedder as embedding
     from backend.settings import Settings
-    from training import embedding
 
     built = []
 

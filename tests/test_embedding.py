@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import embedding
-from training.embedding import SentenceEmbedder
+from backend.cold_start import onnx_export
+from backend.cold_start.embedder import SentenceEmbedder
+from training.encoder import on_torch_thread
 
 TEXTS = [
     "Russia and China signed a pact in Beijing.",
@@ -180,11 +181,11 @@ def test_int8_quantizes_a_private_copy_of_the_cached_fp32_graph(tmp_path: Path, 
     cache.mkdir()
     shutil.copyfile(onnx_fp32.onnx_path, cache / onnx_fp32.onnx_path.name)  # the fp32 graph is already cached
     sources = []
-    real_quantize = embedding._quantize
+    real_quantize = onnx_export._quantize
     monkeypatch.setattr(
-        embedding, "_quantize", lambda source, target: sources.append(source) or real_quantize(source, target)
+        onnx_export, "_quantize", lambda source, target: sources.append(source) or real_quantize(source, target)
     )
-    target = embedding.onnx_encoder_file(onnx_fp32.path, "int8", cache)
+    target = onnx_export.onnx_encoder_file(onnx_fp32.path, "int8", cache)
     [source] = sources
     assert source.parent.parent == cache and source.parent.name.startswith(".export-")  # the staging folder
     assert sorted(p.name for p in cache.iterdir()) == sorted([onnx_fp32.onnx_path.name, target.name])
@@ -202,7 +203,7 @@ def test_cached_graph_is_reused_not_exported_again(onnx_cache: Path, onnx_fp32, 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(embedding, "export_onnx_encoder", no_export)
+    monkeypatch.setattr(onnx_export, "export_onnx_encoder", no_export)
     again = SentenceEmbedder(runtime="onnx", precision="fp32", onnx_cache_dir=onnx_cache)
     assert again.runtime == "onnx" and again.onnx_path == onnx_fp32.onnx_path
     assert sorted(p.name for p in onnx_cache.iterdir()) == sorted(
@@ -226,9 +227,9 @@ def test_cache_file_appears_atomically(tmp_path: Path, onnx_fp32, monkeypatch):
         renames.append((Path(src), Path(dst), Path(dst).exists()))
         real_replace(src, dst)
 
-    monkeypatch.setattr(embedding, "export_onnx_encoder", staged_export)
-    monkeypatch.setattr(embedding.os, "replace", spy_replace)
-    target = embedding.onnx_encoder_file(onnx_fp32.path, "fp32", cache)
+    monkeypatch.setattr(onnx_export, "export_onnx_encoder", staged_export)
+    monkeypatch.setattr(onnx_export.os, "replace", spy_replace)
+    target = onnx_export.onnx_encoder_file(onnx_fp32.path, "fp32", cache)
     [(src, dst, existed)] = renames
     assert dst == target and not existed and target.is_file()
     assert src.parent.parent == cache and src.parent.name.startswith(".export-")
@@ -240,8 +241,8 @@ def test_failed_export_falls_back_to_torch_fp32_and_leaves_no_file(tmp_path: Pat
         (folder / "half-written.onnx").write_bytes(b"\0" * 100)
         raise RuntimeError("cannot export this encoder")
 
-    monkeypatch.setattr(embedding, "export_onnx_encoder", broken)
-    with caplog.at_level(logging.WARNING, logger="training.embedding"):
+    monkeypatch.setattr(onnx_export, "export_onnx_encoder", broken)
+    with caplog.at_level(logging.WARNING, logger="backend.cold_start.embedder"):
         fallback = SentenceEmbedder(runtime="onnx", precision="int8", onnx_cache_dir=tmp_path / "cache")
     assert (fallback.runtime, fallback.precision, fallback.session) == ("torch", "fp32", None)
     assert "cannot export this encoder" in fallback.fallback_reason
@@ -263,12 +264,12 @@ def test_cache_key_follows_the_encoder_files(tmp_path: Path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"weights")
-    key = embedding.onnx_cache_key(str(folder), "fp32")
-    assert key == embedding.onnx_cache_key(str(folder), "fp32")
-    assert key != embedding.onnx_cache_key(str(folder), "int8")
+    key = onnx_export.onnx_cache_key(str(folder), "fp32")
+    assert key == onnx_export.onnx_cache_key(str(folder), "fp32")
+    assert key != onnx_export.onnx_cache_key(str(folder), "int8")
     stat = (folder / "model.safetensors").stat()
     os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert embedding.onnx_cache_key(str(folder), "fp32") != key  # retrained weights: a new graph
+    assert onnx_export.onnx_cache_key(str(folder), "fp32") != key  # retrained weights: a new graph
 
 
 def test_rejects_unknown_runtime_and_precision():
@@ -298,4 +299,4 @@ def test_torch_inference_runs_on_one_thread_whoever_calls(embedder: SentenceEmbe
         results = list(pool.map(lambda i: embedder.embed([f"text number {i}"]), range(8)))
     assert len(seen) == 1 and threading.get_ident() not in seen
     assert all(r.shape == (1, 384) for r in results)
-    assert embedding.on_torch_thread(embedding.on_torch_thread, lambda: 42) == 42
+    assert on_torch_thread(on_torch_thread, lambda: 42) == 42

@@ -17,7 +17,7 @@ import pytest
 
 from annotation_config.regions import labels_to_results
 from annotation_config.schema import parse_schema
-from training.agreement import agreement_report, tokens
+from exchange.agreement import agreement_report, tokens
 
 NAN = None
 # Krippendorff (2011), observers A-D (rows) x units 1-12 (columns); None: the observer did not code the unit.

@@ -15,14 +15,14 @@ from collections import Counter
 
 import pytest
 
-from annotation_config.importer import ANNOTATOR_DOMAIN
-from annotation_config.provision import export_tasks, find_project, provision
 from annotation_config.regions import labels_to_results, results_to_labels
+from exchange.agreement import agreement_report
+from exchange.dataset import pseudonym
+from exchange.importer import ANNOTATOR_DOMAIN
+from studio.provision import export_tasks, find_project, provision
 from tests.test_exchange_export import decode
 from tests.test_exchange_import import MALFORMED
-from training.agreement import agreement_report
 from training.data import accept
-from training.export import pseudonym
 
 pytestmark = pytest.mark.e2e
 

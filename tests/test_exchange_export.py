@@ -1,4 +1,4 @@
-"""`training.export`: the dataset folder loads with `datasets`, holds exactly the accepted and raw labels, uses the
+"""`exchange.dataset`: the dataset folder loads with `datasets`, holds exactly the accepted and raw labels, uses the
 training splits, pseudonymises annotators, carries a complete card, and is replaced atomically."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from annotation_config.provision import DEFAULT_TASKS_PATH, read_tasks, task_data
 from annotation_config.regions import labels_to_results
+from studio.provision import DEFAULT_TASKS_PATH, read_tasks, task_data
 from training.data import accept, build_dataset
 
 ANNOTATORS = (11, 12, 13)
@@ -100,7 +100,7 @@ def test_export_loads_with_datasets_and_holds_the_accepted_and_raw_labels(tmp_pa
     from datasets import ClassLabel
     from huggingface_hub import DatasetCard
 
-    from training.export import export_dataset, pseudonym
+    from exchange.dataset import export_dataset, pseudonym
 
     tasks = three_annotator_tasks(schema)
     folder, bundle = export_dataset(tasks, schema, tmp_path / "out", salt="pepper", source="a test")
@@ -169,7 +169,7 @@ def test_export_loads_with_datasets_and_holds_the_accepted_and_raw_labels(tmp_pa
 
 
 def test_splits_are_the_training_splits(tmp_path, schema):
-    from training.export import export_dataset
+    from exchange.dataset import export_dataset
 
     tasks = three_annotator_tasks(schema)
     _, bundle = export_dataset(tasks, schema, tmp_path / "out", salt="s", seed=7)
@@ -180,7 +180,7 @@ def test_splits_are_the_training_splits(tmp_path, schema):
 
 
 def test_salt_makes_pseudonyms_linkable_only_when_shared(tmp_path, schema, monkeypatch):
-    from training.export import build_export
+    from exchange.dataset import build_export
 
     tasks = three_annotator_tasks(schema)
     names = lambda bundle: bundle.raw["train"]["annotator"]  # noqa: E731
@@ -196,8 +196,8 @@ def test_salt_makes_pseudonyms_linkable_only_when_shared(tmp_path, schema, monke
 
 
 def test_writing_is_atomic_and_never_replaces_foreign_folders(tmp_path, schema, monkeypatch):
-    from training import dataset_card
-    from training.export import DatasetExportError, export_dataset
+    from exchange import dataset_card
+    from exchange.dataset import DatasetExportError, export_dataset
 
     tasks = three_annotator_tasks(schema)
     foreign = tmp_path / "foreign"
@@ -229,7 +229,7 @@ def test_writing_is_atomic_and_never_replaces_foreign_folders(tmp_path, schema, 
 
 
 def test_nothing_accepted_is_one_line(tmp_path, schema):
-    from training.export import DatasetExportError, export_dataset
+    from exchange.dataset import DatasetExportError, export_dataset
 
     tasks = [dict(t, annotations=[]) for t in three_annotator_tasks(schema)]
     with pytest.raises(DatasetExportError, match="no accepted annotations to export"):
@@ -239,7 +239,7 @@ def test_nothing_accepted_is_one_line(tmp_path, schema):
 
 def test_other_schema_exports_its_own_columns(tmp_path, schema):
     from annotation_config.schema import load_schema
-    from training.export import export_dataset
+    from exchange.dataset import export_dataset
 
     other = load_schema(Path(__file__).parent / "fixtures" / "headline_body.yaml")
     data = {"id": "n1", "body": "The match ended 2-1.", "headline": "Smith scores twice"}

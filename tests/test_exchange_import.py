@@ -1,4 +1,4 @@
-"""`annotation_config.importer`: files are read and validated completely before Label Studio is touched; every bad
+"""`exchange.importer`: files are read and validated completely before Label Studio is touched; every bad
 row is reported with its line and reason; rows map to tasks and annotations as documented."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from annotation_config.importer import as_label_studio_tasks, read_file
+from exchange.importer import as_label_studio_tasks, read_file
 from tests.test_exchange_export import three_annotator_tasks
 from training.data import accept
 
@@ -163,8 +163,8 @@ def test_a_field_over_the_csv_limit_is_one_rejected_row_and_every_later_row_is_r
 
 
 def test_without_skip_invalid_a_too_long_text_imports_nothing_and_names_its_line(tmp_path, capsys, monkeypatch):
-    from annotation_config.importer import ImportFileError
-    from training.exchange_cli import import_command
+    from exchange.cli import import_command
+    from exchange.importer import ImportFileError
 
     monkeypatch.delenv("WORKBENCH_MAX_TEXT_CHARS", raising=False)
     path = tmp_path / "long.csv"
@@ -176,7 +176,7 @@ def test_without_skip_invalid_a_too_long_text_imports_nothing_and_names_its_line
 
 
 def test_long_fields_are_read_in_full_up_to_the_configured_limit(tmp_path, schema, monkeypatch):
-    from annotation_config.importer import ImportFileError
+    from exchange.importer import ImportFileError
 
     path = tmp_path / "long.csv"
     _csv_with_a_long_text(path, rows=3, long_row=2, chars=200 * 1024)

@@ -111,7 +111,7 @@ def hub_env(hub_url: str, token: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
-    from training.export import export_dataset
+    from exchange.dataset import export_dataset
 
     source = tmp_path / "export.json"
     source.write_text(json.dumps(three_annotator_tasks(schema)), encoding="utf-8")
@@ -132,7 +132,7 @@ def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
         assert "pushed to lab/stance-news" in done.stdout
         # a second push of a smaller export: still one commit, and stale parquet files are deleted in it
         _, bundle = export_dataset(three_annotator_tasks(schema)[:1], schema, tmp_path / "small", salt="s")
-        from training.export import push_folder
+        from exchange.dataset import push_folder
 
         push_folder(tmp_path / "small", "lab/stance-news", token=token, endpoint=hub.url)
 
@@ -183,7 +183,7 @@ def test_push_visibility_flags(tmp_path: Path, schema, flag: str, private: bool)
 
 
 def test_push_without_a_token_is_one_line(tmp_path: Path, schema, monkeypatch):
-    from training.export import PushError, export_dataset, push_folder
+    from exchange.dataset import PushError, export_dataset, push_folder
 
     folder, _ = export_dataset(three_annotator_tasks(schema), schema, tmp_path / "d", salt="s")
     app, _ = hub_stand_in("right")

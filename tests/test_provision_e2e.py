@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from annotation_config.label_config import render_label_config
-from annotation_config.provision import (
+from annotation_config.regions import labels_to_results, results_to_labels
+from studio.provision import (
     DEFAULT_TASKS_PATH,
     SCORE_COLUMN,
     UNCERTAINTY_VIEW_TITLE,
@@ -22,7 +23,6 @@ from annotation_config.provision import (
     provision,
     request_predictions,
 )
-from annotation_config.regions import labels_to_results, results_to_labels
 
 pytestmark = pytest.mark.e2e
 

@@ -54,9 +54,7 @@ def promoted(schema, tmp_path_factory) -> tuple[Path, str, Path]:
     export = write_export(base / "export.json")
     threads = torch.get_num_threads()
     try:
-        outcome = run_training(
-            synthetic_export(), schema, base / "models", TINY, source=str(export), instant_rival=False
-        )
+        outcome = run_training(synthetic_export(), schema, base / "models", TINY, source=str(export))
     finally:
         torch.set_num_threads(threads)
     assert outcome.promoted

@@ -1,7 +1,7 @@
 """Label Studio down, slow or failing while training or exporting (issue 7): bounded retries with backoff, then ONE
 clear error line and exit 1, and nothing written where the models or the dataset would go.
 
-The retry policy lives in `annotation_config.provision` (LS_ATTEMPTS tries, LS_BACKOFF seconds doubled between
+The retry policy lives in `studio.provision` (LS_ATTEMPTS tries, LS_BACKOFF seconds doubled between
 them, LS_TIMEOUT seconds per request). There is no command-line or environment knob for it, so the in-process
 tests shorten it with monkeypatch; the closed-port test runs the real command with the real defaults.
 """
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from annotation_config import provision
+from studio import provision
 from tests.test_reliability_support import (
     FakeLabelStudio,
     assert_one_error_line,

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
+from studio.source import ExportError, load_export
 from training.data import (
     AcceptancePolicy,
     Example,
-    ExportError,
     accept,
     build_dataset,
     data_hash,
-    load_export,
     split_examples,
 )
 

@@ -8,10 +8,10 @@ import time
 import httpx
 import pytest
 
-from annotation_config.provision import connect_backend, provision, request_predictions
 from annotation_config.regions import labels_to_results, results_to_labels
 from backend.app import create_app
 from backend.settings import Settings
+from studio.provision import connect_backend, provision, request_predictions
 from training.registry import Registry
 from workbench.services import ServerThread
 

@@ -62,7 +62,7 @@ def trained(schema, tmp_path_factory):
     export = models.parent / "export.json"
     export.write_text(json.dumps(synthetic_export()))
     started = time.perf_counter()
-    outcome = run_training(synthetic_export(), schema, models, TINY, source=str(export), instant_rival=False)
+    outcome = run_training(synthetic_export(), schema, models, TINY, source=str(export))
     outcome.timings["wall_seconds"] = time.perf_counter() - started
     print(f"\ntiny training timings: {json.dumps(outcome.timings, default=str)}")
     return outcome, models, export
@@ -124,14 +124,23 @@ def test_trained_predictor_serves_every_dimension(trained, schema):
 
 
 def test_predictor_is_safe_to_call_from_several_threads(trained):
+    """Calls from several threads at once each get exactly the answers that a call alone gets for its tasks."""
     from concurrent.futures import ThreadPoolExecutor
 
     outcome, _, _ = trained
     predictor = TrainedPredictor(outcome.model_dir)
-    tasks = [t["data"] for t in synthetic_export(8)]
+    tasks = [t["data"] for t in synthetic_export(12)]
+    chunks = [tasks[i : i + size] for size in (1, 2, 3) for i in range(0, 12, size)]  # 22 calls, 3 batch sizes
+    alone = [predictor.predict(chunk) for chunk in chunks]
+    assert len({json.dumps(p.scores, sort_keys=True) for answers in alone for p in answers}) > 1  # answers differ
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(predictor.predict, [tasks[i : i + 2] for i in range(0, 8, 2)]))
-    assert [len(r) for r in results] == [2, 2, 2, 2]
+        together = list(pool.map(predictor.predict, chunks * 3))
+    for expected, got in zip(alone * 3, together, strict=True):
+        assert len(got) == len(expected)
+        for mine, reference in zip(got, expected, strict=True):
+            assert mine.labels == reference.labels
+            assert mine.scores == pytest.approx(reference.scores, abs=1e-6)
+            assert mine.score == pytest.approx(reference.score, abs=1e-6)
 
 
 def test_if_new_data_exits_at_once(trained):
@@ -211,7 +220,7 @@ def cue_export(subjects: list[str]) -> list[dict]:
 
 def test_the_model_learns_cue_phrases(schema, tmp_path):
     args = TrainingArguments(epochs=6, max_length=32, batch_size=8, progress=False, seed=0)
-    outcome = run_training(cue_export(SUBJECTS), schema, tmp_path, args, instant_rival=False)
+    outcome = run_training(cue_export(SUBJECTS), schema, tmp_path, args)
     losses = [e["loss"] for e in json.loads((outcome.model_dir / "training_log.json").read_text()) if "loss" in e]
     assert losses[-1] < losses[0] / 2
     predictor = TrainedPredictor(outcome.model_dir)
@@ -245,7 +254,7 @@ def test_another_schema_trains_and_predicts_without_code_changes(tmp_path):
         data = {"id": f"n{i}", "headline": headline, "body": f"Body of story {i}."}
         tasks.append({"id": i, "data": data, "annotations": [{"id": i, "completed_by": 1, "result": result}]})
     args = TrainingArguments(max_steps=2, max_length=32, batch_size=4, progress=False)
-    outcome = run_training(tasks, schema, tmp_path, args, instant_rival=False)
+    outcome = run_training(tasks, schema, tmp_path, args)
     assert (
         outcome.promoted and sum(json.loads((outcome.model_dir / "manifest.json").read_text())["splits"].values()) == 8
     )
@@ -294,9 +303,7 @@ def test_late_target_encoding_trains_registers_and_serves_every_dimension(schema
     from dataclasses import replace
 
     args = replace(TINY, target_encoding="late", epochs=1)
-    outcome = run_training(
-        synthetic_export(), schema, tmp_path / "models", args, source="synthetic", instant_rival=False
-    )
+    outcome = run_training(synthetic_export(), schema, tmp_path / "models", args, source="synthetic")
     assert outcome.status == "trained" and outcome.promoted
     manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
     assert manifest["hyperparameters"]["target_encoding"] == "late"
@@ -310,7 +317,9 @@ def test_the_first_candidate_is_gated_against_the_instant_learner_on_its_test_ro
     """With nothing promoted, the instant learner serves: the run scores it (fitted on the candidate's training
     rows, real encoder) on the candidate's test rows, and promotes only a candidate at least as good."""
     models = tmp_path / "models"
-    outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic")
+    from backend.instant_rival import instant_rival_report
+
+    outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic", rival=instant_rival_report)
     assert outcome.status == "trained"
     metrics = json.loads((outcome.model_dir / "metrics.json").read_text())
     rival = metrics["instant_learner"]

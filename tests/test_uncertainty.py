@@ -1,4 +1,4 @@
-"""The task score's uncertainty strategies (backend.uncertainty), checked on distributions worked out by hand."""
+"""The task score's uncertainty strategies (training.uncertainty), checked on distributions worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backend.uncertainty import (
+from training.uncertainty import (
     DEFAULT_STRATEGY,
     STRATEGIES,
     Entropy,

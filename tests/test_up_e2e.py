@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from annotation_config.provision import connect
 from annotation_config.regions import results_to_labels
+from studio.provision import connect
 from workbench.services import free_port, port_is_free
 
 pytestmark = pytest.mark.e2e
@@ -269,8 +269,8 @@ def test_next_task_in_the_labelling_stream_shows_the_instant_learners_suggestion
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
-    from annotation_config.provision import connect_backend, provision, request_predictions
     from annotation_config.regions import labels_to_results
+    from studio.provision import connect_backend, provision, request_predictions
 
     run, _, credentials = up_run
     base = f"http://127.0.0.1:{run.ls_port}"

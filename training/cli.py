@@ -10,39 +10,35 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from annotation_config.errors import WorkbenchError
+from annotation_config.errors import CommandError, WorkbenchError
+from studio.options import ApiKeyOption, FromExportOption, ProjectOption, SchemaOption, SourceUrlOption
 from training.registry import JOB_TOKEN_ENV, SKIPPED_EXIT_CODE, SKIPPED_EXIT_ENV  # torch-free
+
+if TYPE_CHECKING:
+    from training.pipeline import GateRival
 
 out = Console(highlight=False, soft_wrap=True)
 DEFAULT_MODELS_DIR = Path("models")
 
-SchemaOption = Annotated[
-    Path | None,
-    typer.Option("--schema", envvar="WORKBENCH_SCHEMA", help="Label schema YAML (default: the sample schema)."),
-]
 ModelsOption = Annotated[
     Path,
     typer.Option("--models", envvar="WORKBENCH_MODELS_DIR", help="Model registry folder."),
 ]
 
 
-class CommandError(WorkbenchError):
-    """A command-line usage problem with a one-line fix."""
-
-
 # ---- plain functions ----
 
 
 def train_command(
-    tasks: Sequence[Mapping[str, Any]] | None = None,
+    tasks: Sequence[Mapping[str, Any]],
     *,
-    from_export: Path | None = None,
     schema_path: Path | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
     if_new_data: bool = False,
@@ -53,25 +49,18 @@ def train_command(
     keep_versions: int | None = None,
     skipped_exit_code: int = 0,
     job_token: Path | None = None,
-    instant_rival: bool = True,
+    rival: GateRival | None = None,
 ) -> int:
-    """Train on `tasks` (or an export file), register the version, try to promote it; print a summary.
+    """Train on Label Studio `tasks`, register the version, try to promote it; print a summary.
 
     `keep_versions`: prune the registry to the newest N versions afterwards (None: keep all). `skipped_exit_code`:
-    what a run that `if_new_data` skipped returns. `job_token`: see training.registry.JOB_TOKEN_ENV.
+    what a run that `if_new_data` skipped returns. `job_token`: see training.registry.JOB_TOKEN_ENV. `rival`: see
+    training.pipeline.run_training.
     """
     from annotation_config.schema import load_schema
-    from training.data import load_export
     from training.pipeline import run_training
     from training.training_args import TrainingArguments
 
-    if tasks is None:
-        if from_export is None:
-            raise CommandError(
-                "no training data: pass --from-export FILE (a Label Studio JSON export) or --ls-url URL --project ID"
-            )
-        tasks = load_export(from_export)
-        source = source or str(from_export)
     schema = load_schema(schema_path)
     args = args or TrainingArguments()
     outcome = run_training(
@@ -85,7 +74,7 @@ def train_command(
         source=source,
         keep_versions=keep_versions,
         job_token=job_token,
-        instant_rival=instant_rival,
+        rival=rival,
     )
     accepted = outcome.accepted
     if outcome.status == "skipped":
@@ -114,7 +103,8 @@ def evaluate_command(
 ) -> int:
     """Evaluate a model (version, "current" or a folder) on a Label Studio export or a JSON-lines file of rows."""
     from annotation_config.schema import load_schema
-    from training.data import accept, load_export
+    from studio.source import load_export
+    from training.data import accept
     from training.evaluation import evaluate_model, jsonable, save_report
 
     folder = resolve_model(model, models_dir)
@@ -215,7 +205,7 @@ def _looks_like_export(path: Path) -> bool:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    from training.data import load_export
+    from studio.source import load_export
 
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -252,18 +242,11 @@ def _print_report(report: Mapping[str, Any], name: str) -> None:
 
 
 def train(
-    from_export: Annotated[
-        Path | None, typer.Option("--from-export", help="Label Studio JSON export with annotations.")
-    ] = None,
-    ls_url: Annotated[
-        str | None,
-        typer.Option(
-            "--ls-url",
-            help="Read annotations from this Label Studio (default: $LABEL_STUDIO_URL, unless --from-export is given).",
-        ),
-    ] = None,
-    project: Annotated[int | None, typer.Option("--project", help="Label Studio project id (with --ls-url).")] = None,
-    api_key: Annotated[str, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False)] = "",
+    ctx: typer.Context,
+    from_export: FromExportOption = None,
+    ls_url: SourceUrlOption = None,
+    project: ProjectOption = None,
+    api_key: ApiKeyOption = "",
     schema: SchemaOption = None,
     models: ModelsOption = DEFAULT_MODELS_DIR,
     if_new_data: Annotated[
@@ -371,22 +354,12 @@ def train(
         args = TrainingArguments(**{k: v for k, v in overrides.items() if v is not None}, progress=not quiet)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    if ls_url is None and from_export is None:  # an explicit --from-export wins over the environment's Label Studio
-        ls_url = os.environ.get("LABEL_STUDIO_URL") or None
-    tasks, source = None, ""
-    if ls_url or project is not None:
-        if from_export is not None:
-            raise CommandError("pass either --from-export FILE or --ls-url URL --project ID, not both")
-        if not (ls_url and project is not None):
-            raise CommandError("reading from Label Studio needs both --ls-url URL and --project ID")
-        from annotation_config.provision import connect, export_tasks
+    from studio.source import load_tasks
 
-        tasks = export_tasks(connect(ls_url, api_key), project)
-        source = f"{ls_url.rstrip('/')}/projects/{project}"
+    loaded = load_tasks(from_export, ls_url, project, api_key)
     code = train_command(
-        tasks,
-        source=source,
-        from_export=from_export,
+        loaded.tasks,
+        source=loaded.source,
         schema_path=schema,
         models_dir=models,
         if_new_data=if_new_data,
@@ -396,7 +369,7 @@ def train(
         keep_versions=keep_versions,
         skipped_exit_code=skipped_exit_code,
         job_token=job_token,
-        instant_rival=instant_rival,
+        rival=ctx.obj.rival if instant_rival and isinstance(ctx.obj, TrainingHooks) else None,
     )
     raise typer.Exit(code)
 
@@ -445,6 +418,15 @@ def models_rollback(models: ModelsOption = DEFAULT_MODELS_DIR) -> None:
     raise typer.Exit(models_rollback_command(models))
 
 
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What the app that runs these commands plugs in, as its context object (`typer.Typer(context_settings=
+    {"obj": TrainingHooks(...)})`): `rival`, the gate's rival for `train --instant-rival` (see
+    training.pipeline.GateRival; None: the gate compares with the promoted model only)."""
+
+    rival: GateRival | None = None
+
+
 def register(app: typer.Typer) -> None:
     """Add `train`, `evaluate` and `models` to a typer app (the `workbench` command)."""
     app.command("train")(train)
@@ -452,19 +434,25 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
 
-def build_app() -> typer.Typer:
-    """A stand-alone app with the training commands (`python -m training`)."""
-    app = typer.Typer(no_args_is_help=True, help="Train, evaluate and manage models.", pretty_exceptions_enable=False)
+def build_app(hooks: TrainingHooks | None = None) -> typer.Typer:
+    """A stand-alone app with the training commands (`python -m training`; the backend's jobs pass `hooks`)."""
+    app = typer.Typer(
+        no_args_is_help=True,
+        help="Train, evaluate and manage models.",
+        pretty_exceptions_enable=False,
+        context_settings={"obj": hooks or TrainingHooks()},
+    )
     register(app)
     return app
 
 
-def main() -> None:
-    """Run the stand-alone app; user-fixable errors become one line on stderr and exit code 1."""
+def main(args: Sequence[str] | None = None, hooks: TrainingHooks | None = None) -> None:
+    """Run the stand-alone app on `args` (default: the command line); user-fixable errors become one line on stderr
+    and exit code 1."""
     import sys
 
     try:
-        build_app()()
+        build_app(hooks)(args=None if args is None else list(args))
     except WorkbenchError as error:
         Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -26,20 +26,15 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from annotation_config.errors import WorkbenchError
+from annotation_config.annotations import annotator_of, counted, is_counted, is_ground_truth, stamp, task_key
 from annotation_config.regions import RegionError, results_to_labels
 from annotation_config.schema import Dimension, Schema
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-
-
-class ExportError(WorkbenchError, ValueError):
-    """An export file that cannot be read as Label Studio tasks."""
 
 
 @dataclass(frozen=True)
@@ -93,38 +88,6 @@ class AcceptedData:
         )
 
 
-def load_export(path: str | Path) -> list[dict]:
-    """Read a Label Studio JSON export (a list of tasks) or a JSON-lines file of tasks."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such export file; export the project as JSON from Label Studio") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExportError(f"{path}: cannot read the export ({error})") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError:
-        raw = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ExportError(
-                    f"{path}:{number}: invalid JSON ({error.msg}); expected a Label Studio JSON export"
-                ) from None
-    if isinstance(raw, dict) and isinstance(raw.get("tasks"), list):
-        raw = raw["tasks"]
-    if not isinstance(raw, list):
-        raise ExportError(f"{path}: expected a list of tasks (Label Studio 'JSON' export format)")
-    for i, task in enumerate(raw):
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise ExportError(f"{path}: task [{i}] has no 'data' object; use the 'JSON' export format, not JSON_MIN")
-    return raw
-
-
 def accept(tasks: Iterable[Mapping[str, Any]], schema: Schema, policy: AcceptancePolicy | None = None) -> AcceptedData:
     """Apply the acceptance policy to Label Studio task dicts (as in a JSON export)."""
     policy = policy or AcceptancePolicy()
@@ -132,16 +95,16 @@ def accept(tasks: Iterable[Mapping[str, Any]], schema: Schema, policy: Acceptanc
     for index, task in enumerate(tasks):
         data = dict(task.get("data") or {})
         task_id = task.get("id")
-        key = str(data.get(schema.data.key) or (f"task-{task_id}" if task_id is not None else f"task-#{index}"))
+        key = task_key(task, schema, index)
         annotations = task.get("annotations") or []
-        votes = _votes(annotations)
+        votes = latest_votes(annotations)
         if not votes:
             out.unlabeled += 1
             continue
         # Ground truth counts even when the same person updated another annotation of the task later.
-        truth_ids = {id(a) for a in _counted(annotations) if a.get("ground_truth")}
+        truth_ids = {id(a) for a in counted(annotations) if is_ground_truth(a)}
         voted = {id(a) for a in votes}
-        ordered = votes + [a for a in _counted(annotations) if id(a) in truth_ids and id(a) not in voted]
+        ordered = votes + [a for a in counted(annotations) if id(a) in truth_ids and id(a) not in voted]
         parsed: dict[int, dict] = {}
         invalid = None
         for annotation in ordered:
@@ -154,14 +117,14 @@ def accept(tasks: Iterable[Mapping[str, Any]], schema: Schema, policy: Acceptanc
             out.held_out.append(HeldOut(task_id, key, None, invalid))
             continue
         records = [(a, parsed[id(a)]) for a in votes]
-        truths = sorted(((a, parsed[id(a)]) for a in ordered if id(a) in truth_ids), key=lambda item: _stamp(item[0]))
+        truths = sorted(((a, parsed[id(a)]) for a in ordered if id(a) in truth_ids), key=lambda item: stamp(item[0]))
         labels: dict[str, Any] = {}
         for dim in schema.dimensions:
-            truth = next((r for _, r in reversed(truths) if _answered(dim, r, policy)), None)
+            truth = next((r for _, r in reversed(truths) if answered(dim, r, policy)), None)
             if truth is not None:
                 labels[dim.name] = _as_record(dim, _clean(dim, truth[dim.name]))
                 continue
-            answers = [_clean(dim, r[dim.name]) for _, r in records if _answered(dim, r, policy)]
+            answers = [_clean(dim, r[dim.name]) for _, r in records if answered(dim, r, policy)]
             if not answers:
                 continue
             value, problem = _aggregate(dim, answers, policy)
@@ -174,36 +137,24 @@ def accept(tasks: Iterable[Mapping[str, Any]], schema: Schema, policy: Acceptanc
     return out
 
 
-def _voter(annotation: Mapping[str, Any], index: int) -> Any:
-    who = annotation.get("completed_by")
-    if isinstance(who, Mapping):
-        who = who.get("id", who.get("email"))
-    return ("annotator", who) if who is not None else ("annotation", index)
+def latest_votes(annotations: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """Counted annotations, one per annotator (the latest update), in a stable order (oldest first).
 
-
-def _counted(annotations: Sequence[Any]) -> list[Mapping[str, Any]]:
-    """Submitted annotations that were not cancelled (skipped)."""
-    return [a for a in annotations if isinstance(a, Mapping) and not a.get("was_cancelled")]
-
-
-def _stamp(annotation: Mapping[str, Any]) -> str:
-    return str(annotation.get("updated_at") or annotation.get("created_at") or "")
-
-
-def _votes(annotations: Sequence[Any]) -> list[Mapping[str, Any]]:
-    """Counted annotations, one per annotator (the latest update), in a stable order (oldest first)."""
+    An annotation that names nobody (no `completed_by`) is a vote of its own."""
     latest: dict[Any, tuple[str, int, Mapping[str, Any]]] = {}
     for index, annotation in enumerate(annotations):
-        if not isinstance(annotation, Mapping) or annotation.get("was_cancelled"):
+        if not is_counted(annotation):
             continue
-        stamp = _stamp(annotation)
-        voter = _voter(annotation, index)
-        if voter not in latest or (stamp, index) >= latest[voter][:2]:
-            latest[voter] = (stamp, index, annotation)
+        when = stamp(annotation)
+        who = annotator_of(annotation)
+        voter = ("annotator", who) if who is not None else ("annotation", index)
+        if voter not in latest or (when, index) >= latest[voter][:2]:
+            latest[voter] = (when, index, annotation)
     return [a for _, _, a in sorted(latest.values(), key=lambda item: item[:2])]
 
 
-def _answered(dim: Dimension, record: Mapping[str, Any], policy: AcceptancePolicy) -> bool:
+def answered(dim: Dimension, record: Mapping[str, Any], policy: AcceptancePolicy) -> bool:
+    """Whether one annotation's label record answers `dim` (see the module docstring)."""
     if dim.kind == "single":
         return dim.name in record
     if dim.kind == "multi":

@@ -10,7 +10,8 @@ from typing import Any
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A figure as every card and table shows it: 3 decimals for floats, "n/a" for None."""
     return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
@@ -21,16 +22,17 @@ def metric_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
         if m.get("kind") == "spans":
             metric, value = (
                 "partial / exact span F1",
-                f"{_fmt((m.get('partial') or {}).get('f1'))} / " + _fmt((m.get("exact") or {}).get("f1")),
+                f"{format_value((m.get('partial') or {}).get('f1'))} / "
+                + format_value((m.get("exact") or {}).get("f1")),
             )
         elif m.get("kind") == "multi":
-            metric, value = "macro / micro F1", f"{_fmt(m.get('macro_f1'))} / {_fmt(m.get('micro_f1'))}"
+            metric, value = "macro / micro F1", f"{format_value(m.get('macro_f1'))} / {format_value(m.get('micro_f1'))}"
         else:
-            metric, value = "macro-F1", _fmt(m.get("macro_f1"))
+            metric, value = "macro-F1", format_value(m.get("macro_f1"))
             if "f_avg" in m:
-                metric, value = "macro-F1 / F_avg", f"{value} / {_fmt(m['f_avg'])}"
+                metric, value = "macro-F1 / F_avg", f"{value} / {format_value(m['f_avg'])}"
         rows.append(
-            {"name": name, "n": str(m.get("n", 0)), "metric": metric, "value": value, "ece": _fmt(m.get("ece"))}
+            {"name": name, "n": str(m.get("n", 0)), "metric": metric, "value": value, "ece": format_value(m.get("ece"))}
         )
     return rows
 
@@ -68,7 +70,7 @@ def build_card(manifest: Mapping[str, Any], report: Mapping[str, Any], language:
         group=manifest.get("group_field") or "task key",
         created_at=manifest.get("created_at"),
         device=(manifest.get("timings") or {}).get("device", "cpu"),
-        train_seconds=_fmt((manifest.get("timings") or {}).get("train_seconds")),
+        train_seconds=format_value((manifest.get("timings") or {}).get("train_seconds")),
         seed=(manifest.get("hyperparameters") or {}).get("seed"),
         code_revision=manifest.get("code_revision") or "unknown",
         dimensions=[
@@ -81,9 +83,9 @@ def build_card(manifest: Mapping[str, Any], report: Mapping[str, Any], language:
             for d in dims
         ],
         primary_metric=report.get("primary_metric", ""),
-        primary=_fmt(report.get("primary")),
+        primary=format_value(report.get("primary")),
         metric_rows=metric_rows(report),
-        stance_f_avg=_fmt(report["stance_f_avg"]) if report.get("stance_f_avg") is not None else None,
+        stance_f_avg=format_value(report["stance_f_avg"]) if report.get("stance_f_avg") is not None else None,
         hyperparameters=json.dumps(manifest.get("hyperparameters") or {}, indent=2),
     )
 

@@ -7,18 +7,24 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annotation_config.errors import WorkbenchError
-from annotation_config.schema import Schema, load_schema
-from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column, load_export
+from annotation_config.schema import Schema
+from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column
 from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
 from training.training_args import TrainingArguments
 
 log = logging.getLogger(__name__)
+
+
+# The rung that serves before any fine-tuned model, scored on a candidate's rows: (schema, train rows, test rows) ->
+# {"split", "n", "primary", "model_version"}, or None when not comparable. training knows no rung but its own, so
+# the backend passes its instant learner in (backend/instant_rival.py).
+GateRival = Callable[[Schema, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], dict[str, Any] | None]
 
 
 class NoAcceptedData(WorkbenchError, ValueError):
@@ -87,14 +93,14 @@ def run_training(
     source: str = "",
     keep_versions: int | None = None,
     job_token: str | os.PathLike | None = None,
-    instant_rival: bool = True,
+    rival: GateRival | None = None,
 ) -> TrainingOutcome:
     """Train on Label Studio task dicts and register the result; promote it through the gate when `promote`.
 
     `keep_versions`: afterwards, prune the registry to the newest N versions (None: keep all). `job_token`: set by
     the backend's job runner; the promotion happens only if the token is still there (see `Registry.promote`).
-    `instant_rival`: while no fine-tuned model is promoted, the candidate must also beat the instant learner (the
-    rung that serves then) fitted on its training rows and scored on its test rows (training/instant_rival.py).
+    `rival`: while no fine-tuned model is promoted, the candidate must also beat what serves then, as `rival` scores
+    it on the candidate's own rows (the backend passes its instant learner, backend/instant_rival.py; None: no rival).
     """
     args = args or TrainingArguments()
     registry = Registry(models_dir)
@@ -115,8 +121,8 @@ def run_training(
         )
 
     mark = time.perf_counter()
-    from training.calibration import fit_temperature, save_calibration
-    from training.evaluation import evaluate_outputs, save_report
+    from training.calibration import save_calibration
+    from training.evaluation import save_report
     from training.predict import run_model
     from training.trainer import train_model
 
@@ -143,40 +149,19 @@ def run_training(
         # only the views a row has labels for: evaluation and calibration need no other answers
         out = run_model(model, tokenizer, rows, args.eval_batch_size, labelled_only=True) if rows else None
         outputs[name] = (rows, out)
-    temperatures = {}
-    val_rows, val_out = outputs["validation"]
-    for dim in config.dimensions:
-        if dim["kind"] == "spans" or not args.calibrate or val_out is None:
-            continue
-        have = [i for i, row in enumerate(val_rows) if row.get(dim["name"]) is not None]
-        if len(have) < max(1, args.calibration_min_examples):
-            continue
-        if dim["kind"] == "single":
-            labels = [dim["labels"].index(val_rows[i][dim["name"]]) for i in have]
-        else:
-            labels = [[float(v in val_rows[i][dim["name"]]) for v in dim["labels"]] for i in have]
-        temperatures[dim["name"]] = fit_temperature(val_out.logits[dim["name"]][have], labels, dim["kind"])
+    temperatures = _fit_temperatures(config.dimensions, *outputs["validation"], args)
     timings["calibrate_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for name, (rows, out) in outputs.items():
-        if out is None:
-            metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
-            continue
-        probs = out.probabilities(config.dimensions, temperatures)
-        raw = out.probabilities(config.dimensions)
-        metrics[name] = evaluate_outputs(config.dimensions, rows, probs, out.spans, raw)
+    metrics = _evaluate(config.dimensions, outputs, temperatures)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
-    if promote and instant_rival and not force and _nothing_promoted(registry) and outputs["test"][0]:
+    if promote and rival is not None and not force and _nothing_promoted(registry) and outputs["test"][0]:
         mark = time.perf_counter()
-        from training.instant_rival import instant_rival_report
-
         train_rows = [*dataset["train"], *dataset["validation"]]
         try:
-            metrics["instant_learner"] = instant_rival_report(schema, train_rows, outputs["test"][0])
+            metrics["instant_learner"] = rival(schema, train_rows, outputs["test"][0])
         except Exception as error:  # the rival is a safeguard: without it the usual gate still applies
             log.warning("could not score the instant learner for the gate: %s", error)
         timings["instant_rival_seconds"] = time.perf_counter() - mark
@@ -260,16 +245,42 @@ def _nothing_promoted(registry: Registry) -> bool:
         return False
 
 
-def train_from_export(
-    path: str | os.PathLike,
-    schema: Schema | str | os.PathLike | None = None,
-    models_dir: str | os.PathLike = "models",
-    args: TrainingArguments | None = None,
-    **kwargs: Any,
-) -> TrainingOutcome:
-    """`run_training` on a Label Studio JSON export file."""
-    loaded = schema if isinstance(schema, Schema) else load_schema(schema)
-    return run_training(load_export(path), loaded, models_dir, args, source=str(path), **kwargs)
+def _fit_temperatures(
+    dimensions: list[dict[str, Any]], rows: list[dict[str, Any]], out: Any, args: TrainingArguments
+) -> dict[str, float]:
+    """Per choice dimension, the temperature fitted on the validation rows labelled for it (when there are enough)."""
+    from training.calibration import fit_temperature
+
+    temperatures = {}
+    for dim in dimensions:
+        if dim["kind"] == "spans" or not args.calibrate or out is None:
+            continue
+        have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
+        if len(have) < max(1, args.calibration_min_examples):
+            continue
+        if dim["kind"] == "single":
+            labels = [dim["labels"].index(rows[i][dim["name"]]) for i in have]
+        else:
+            labels = [[float(v in rows[i][dim["name"]]) for v in dim["labels"]] for i in have]
+        temperatures[dim["name"]] = fit_temperature(out.logits[dim["name"]][have], labels, dim["kind"])
+    return temperatures
+
+
+def _evaluate(
+    dimensions: list[dict[str, Any]], outputs: Mapping[str, tuple[list[dict[str, Any]], Any]], temperatures: dict
+) -> dict[str, Any]:
+    """Metrics per split, on calibrated scores (and on uncalibrated ones, which the report compares them with)."""
+    from training.evaluation import evaluate_outputs
+
+    metrics: dict[str, Any] = {}
+    for name, (rows, out) in outputs.items():
+        if out is None:
+            metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
+            continue
+        probs = out.probabilities(dimensions, temperatures)
+        raw = out.probabilities(dimensions)
+        metrics[name] = evaluate_outputs(dimensions, rows, probs, out.spans, raw)
+    return metrics
 
 
 def _library_versions() -> dict[str, str]:

@@ -14,10 +14,8 @@ import numpy as np
 import torch
 
 from annotation_config.regions import Prediction
-from backend.uncertainty import Kind, task_score
 from training.calibration import Temperature, load_calibration, sigmoid, softmax
-from training.embedding import on_torch_thread
-from training.encoder import configure_threads, length_buckets
+from training.encoder import configure_threads, length_buckets, on_torch_thread
 from training.modeling import (
     BIO,
     MultiHeadModel,
@@ -27,6 +25,7 @@ from training.modeling import (
     quiet_transformers,
     view_of,
 )
+from training.uncertainty import Kind, task_score
 
 MULTI_THRESHOLD = 0.5
 
@@ -242,6 +241,6 @@ class TrainedPredictor:
                 distributions[name] = ("multi", p)
             else:
                 labels[name] = [dict(span) for span in raw.spans[name][i]]
-        # the task score is the documented uncertainty measure every rung shares (backend.uncertainty), computed on
+        # the task score is the documented uncertainty measure every rung shares (training.uncertainty), computed on
         # the calibrated distributions, so the "least certain first" tab sorts trained suggestions the same way
         return Prediction(labels=labels, scores=scores, score=task_score(distributions))

@@ -545,20 +545,3 @@ def serving_candidates(models_dir: str | os.PathLike) -> list[tuple[str, Path]]:
 def list_versions(models_dir: str | os.PathLike) -> list[str]:
     """All complete versions, oldest first."""
     return Registry(models_dir).versions()
-
-
-def current(models_dir: str | os.PathLike) -> str | None:
-    """The promoted version, or None."""
-    return Registry(models_dir).current()
-
-
-def promote(
-    models_dir: str | os.PathLike, version: str, force: bool = False, schema: Schema | None = None
-) -> PromotionResult:
-    """Promote a version through the gate (see `Registry.promote`)."""
-    return Registry(models_dir).promote(version, force=force, schema=schema)
-
-
-def rollback(models_dir: str | os.PathLike) -> str:
-    """Roll back to the previously promoted version."""
-    return Registry(models_dir).rollback()

@@ -11,14 +11,24 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
+from exchange import cli as exchange_cli
+from studio.options import ApiKeyOption, SchemaOption, TargetUrlOption
 from training import cli as training_cli
-from training import exchange_cli
 from workbench.services import ServiceError
+
+
+def _instant_rival(*args):
+    """The backend's instant learner as the gate's rival of `workbench train` (imported only when a run needs it)."""
+    from backend.instant_rival import instant_rival_report
+
+    return instant_rival_report(*args)
+
 
 app = typer.Typer(
     no_args_is_help=True,
     help="Annotate stance and framing in news text in Label Studio, with a model in the loop.",
     pretty_exceptions_enable=False,
+    context_settings={"obj": training_cli.TrainingHooks(rival=_instant_rival)},
 )
 config_app = typer.Typer(no_args_is_help=True, help="The Label Studio labeling config generated from the schema.")
 data_app = typer.Typer(no_args_is_help=True, help="The sample corpus of paragraph tasks.")
@@ -28,16 +38,6 @@ training_cli.register(app)  # train, evaluate, models list|promote|rollback
 exchange_cli.register(app)  # export, import, agreement
 
 err = Console(stderr=True)
-
-SchemaOption = Annotated[
-    Path | None,
-    typer.Option("--schema", envvar="WORKBENCH_SCHEMA", help="Label schema YAML (default: the sample schema)."),
-]
-LsUrlOption = Annotated[str, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Label Studio base URL.")]
-ApiKeyOption = Annotated[
-    str,
-    typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help="Label Studio API token.", show_default=False),
-]
 
 
 def _schema(path: Path | None):
@@ -81,15 +81,15 @@ def data_build(
 
 @app.command()
 def provision(
-    ls_url: LsUrlOption = "http://localhost:8080",
+    ls_url: TargetUrlOption = "http://localhost:8080",
     api_key: ApiKeyOption = "",
     title: Annotated[str | None, typer.Option(help="Project title (default: from the schema).")] = None,
     schema: SchemaOption = None,
     tasks: Annotated[Path | None, typer.Option(help="JSON-lines task file (default: the sample corpus).")] = None,
 ) -> None:
     """Create or update the Label Studio project and import tasks not there yet (idempotent)."""
-    from annotation_config.provision import DEFAULT_TASKS_PATH, connect, read_tasks
-    from annotation_config.provision import provision as run_provision
+    from studio.provision import DEFAULT_TASKS_PATH, connect, read_tasks
+    from studio.provision import provision as run_provision
 
     loaded = _schema(schema)
     records = read_tasks(tasks or DEFAULT_TASKS_PATH, loaded)

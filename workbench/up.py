@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -105,16 +106,8 @@ def wait_for(url: str, process: subprocess.Popen | None, name: str, log: Path, t
 
 def run_up(options: UpOptions) -> None:
     """Start everything, provision and pre-annotate the sample project, then wait for Ctrl-C."""
-    from annotation_config.provision import (
-        DEFAULT_TASKS_PATH,
-        connect,
-        connect_backend,
-        provision,
-        read_tasks,
-        request_predictions,
-    )
     from annotation_config.schema import load_schema
-    from backend.settings import Settings
+    from studio.provision import DEFAULT_TASKS_PATH, read_tasks
 
     options.state_dir.mkdir(parents=True, exist_ok=True)
     schema = load_schema(options.schema)
@@ -132,33 +125,12 @@ def run_up(options: UpOptions) -> None:
     signal.signal(signal.SIGINT, on_signal)
     try:
         with console.status("starting Label Studio…") as status:
-            if options.ls_url:
-                ls_url = options.ls_url.rstrip("/")
-                api_key = options.api_key or os.environ.get("LABEL_STUDIO_API_KEY") or ""
-                login = None
-            else:
-                credentials = load_credentials(options.state_dir)
-                local_only = both_on_loopback(options)
-                if not local_only:
-                    console.print(
-                        "[yellow]note:[/] the servers are not both on loopback, so Label Studio keeps its SSRF "
-                        "protection: it refuses an ML backend on a private address (README, Security)"
-                    )
-                studio = LabelStudioServer(
-                    data_dir=options.state_dir / "label-studio",
-                    port=options.ls_port,
-                    host=options.host,
-                    username=credentials["username"],
-                    password=credentials["password"],
-                    token=credentials["token"],
-                    log_path=options.state_dir / "label-studio.log",
-                    allow_local_backends=local_only,
-                )
+            studio, ls_url, api_key, login = _label_studio(options)
+            if studio is not None:
                 if not port_is_free(options.host, options.ls_port):
                     raise ServiceError(f"port {options.ls_port} is in use: stop what listens there or pass --ls-port")
                 status.update("starting Label Studio (about 40 s on first start)…")
                 studio.start()
-                ls_url, api_key, login = studio.url, credentials["token"], credentials
             console.print(f"[green]✓[/] Label Studio at {ls_url}")
 
             status.update("starting the ML backend…")
@@ -167,31 +139,15 @@ def run_up(options: UpOptions) -> None:
             backend_url = options.backend_url or f"http://{options.host}:{options.backend_port}"
             wait_for(f"{backend_url}/health", backend, "the ML backend", options.state_dir / "backend.log")
             console.print(f"[green]✓[/] ML backend at {backend_url}")
+            url = _provision_and_preannotate(options, status, schema, tasks, ls_url, api_key, backend_url)
 
-            status.update("provisioning the project…")
-            client = connect(ls_url, api_key)
-            result = provision(client, schema, tasks, options.title or schema.name, ls_url)
-            console.print(
-                f"[green]✓[/] project {result.project_id}: "
-                f"{result.imported} tasks imported, {result.skipped} already there"
-            )
-            status.update("connecting the backend and pre-annotating every task…")
-            connect_backend(client, result.project_id, backend_url, basic_auth=Settings().basic_auth)
-            request_predictions(client, result.project_id)
-            console.print(f"[green]✓[/] predictions requested for {len(tasks)} tasks")
-
-        console.print(f"\n[bold]ready:[/] {result.url}")
+        console.print(f"\n[bold]ready:[/] {url}")
         if login:
             console.print(
                 f"log in as {login['username']} / {login['password']} (saved in {options.state_dir}/credentials.json)"
             )
         console.print("label in the browser; retrain with `workbench train`; Ctrl-C stops both servers")
-        while True:
-            time.sleep(1)
-            if studio is not None and studio.process is not None and studio.process.poll() is not None:
-                raise ServiceError(f"Label Studio exited unexpectedly (code {studio.process.returncode}); see its log")
-            if backend.poll() is not None:
-                raise ServiceError(f"the ML backend exited unexpectedly (code {backend.returncode}); see backend.log")
+        _watch(studio, backend)
     except KeyboardInterrupt:
         stopping = True
     finally:
@@ -201,3 +157,57 @@ def run_up(options: UpOptions) -> None:
             studio.stop()
         if stopping:
             console.print("stopped Label Studio and the ML backend")
+
+
+def _label_studio(options: UpOptions) -> tuple[LabelStudioServer | None, str, str, dict | None]:
+    """(server to start or None, URL, API key, login to show): the Label Studio at --ls-url, else a local one."""
+    if options.ls_url:
+        return None, options.ls_url.rstrip("/"), options.api_key or os.environ.get("LABEL_STUDIO_API_KEY") or "", None
+    credentials = load_credentials(options.state_dir)
+    local_only = both_on_loopback(options)
+    if not local_only:
+        console.print(
+            "[yellow]note:[/] the servers are not both on loopback, so Label Studio keeps its SSRF "
+            "protection: it refuses an ML backend on a private address (README, Security)"
+        )
+    studio = LabelStudioServer(
+        data_dir=options.state_dir / "label-studio",
+        port=options.ls_port,
+        host=options.host,
+        username=credentials["username"],
+        password=credentials["password"],
+        token=credentials["token"],
+        log_path=options.state_dir / "label-studio.log",
+        allow_local_backends=local_only,
+    )
+    return studio, studio.url, credentials["token"], credentials
+
+
+def _provision_and_preannotate(
+    options: UpOptions, status: Any, schema: Any, tasks: list[dict], ls_url: str, api_key: str, backend_url: str
+) -> str:
+    """Create or update the project, connect the backend and ask for predictions of every task; the project URL."""
+    from backend.settings import Settings
+    from studio.provision import connect, connect_backend, provision, request_predictions
+
+    status.update("provisioning the project…")
+    client = connect(ls_url, api_key)
+    result = provision(client, schema, tasks, options.title or schema.name, ls_url)
+    console.print(
+        f"[green]✓[/] project {result.project_id}: {result.imported} tasks imported, {result.skipped} already there"
+    )
+    status.update("connecting the backend and pre-annotating every task…")
+    connect_backend(client, result.project_id, backend_url, basic_auth=Settings().basic_auth)
+    request_predictions(client, result.project_id)
+    console.print(f"[green]✓[/] predictions requested for {len(tasks)} tasks")
+    return result.url
+
+
+def _watch(studio: LabelStudioServer | None, backend: subprocess.Popen) -> None:
+    """Wait until Ctrl-C (KeyboardInterrupt); a server that exits on its own is a ServiceError."""
+    while True:
+        time.sleep(1)
+        if studio is not None and studio.process is not None and studio.process.poll() is not None:
+            raise ServiceError(f"Label Studio exited unexpectedly (code {studio.process.returncode}); see its log")
+        if backend.poll() is not None:
+            raise ServiceError(f"the ML backend exited unexpectedly (code {backend.returncode}); see backend.log")

@@ -35,9 +35,10 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from annotation_config.annotations import annotator_of, counted, is_cancelled, task_key
 from annotation_config.regions import RegionError, results_to_labels
 from annotation_config.schema import Dimension, Schema
-from training.data import AcceptancePolicy, _answered, _votes, accept
+from training.data import AcceptancePolicy, AcceptedData, accept, answered, latest_votes
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -50,14 +51,6 @@ class Unit:
 
     codes: list[tuple[str | None, Hashable]] = field(default_factory=list)
     aggregate: Hashable | None = None
-
-
-def annotator_of(annotation: Mapping[str, Any]) -> Any:
-    """Who made an annotation: `completed_by` (an id, or the id/email of an expanded user), or None."""
-    who = annotation.get("completed_by")
-    if isinstance(who, Mapping):
-        who = who.get("id", who.get("email"))
-    return who
 
 
 def tokens(text: str) -> list[tuple[int, int]]:
@@ -196,10 +189,9 @@ def _coded_tasks(
     out = []
     for index, task in enumerate(tasks):
         data = dict(task.get("data") or {})
-        task_id = task.get("id")
-        key = str(data.get(schema.data.key) or (f"task-{task_id}" if task_id is not None else f"task-#{index}"))
+        key = task_key(task, schema, index)
         records = []
-        for annotation in _votes(task.get("annotations") or []):
+        for annotation in latest_votes(task.get("annotations") or []):
             try:
                 record = results_to_labels(schema, annotation.get("result") or [], data)
             except RegionError:
@@ -214,7 +206,7 @@ def _coded_tasks(
 def _single_units(dim: Dimension, coded: Sequence[_Coded], policy: AcceptancePolicy) -> list[Unit]:
     units = []
     for task in coded:
-        codes = [(who, r[dim.name]) for who, r in task.records if _answered(dim, r, policy)]
+        codes = [(who, r[dim.name]) for who, r in task.records if answered(dim, r, policy)]
         if codes:
             units.append(Unit(codes, (task.aggregate or {}).get(dim.name)))
     return units
@@ -223,7 +215,7 @@ def _single_units(dim: Dimension, coded: Sequence[_Coded], policy: AcceptancePol
 def _multi_units(dim: Dimension, coded: Sequence[_Coded], policy: AcceptancePolicy) -> dict[str, list[Unit]]:
     units: dict[str, list[Unit]] = {label: [] for label in dim.values}
     for task in coded:
-        answers = [(who, set(r[dim.name])) for who, r in task.records if _answered(dim, r, policy)]
+        answers = [(who, set(r[dim.name])) for who, r in task.records if answered(dim, r, policy)]
         if not answers:
             continue
         agg = (task.aggregate or {}).get(dim.name)
@@ -241,7 +233,7 @@ def _covered(spans: Iterable[Mapping[str, Any]], label: str, toks: Sequence[tupl
 def _span_units(dim: Dimension, coded: Sequence[_Coded], policy: AcceptancePolicy) -> dict[str, list[Unit]]:
     units: dict[str, list[Unit]] = {label: [] for label in dim.values}
     for task in coded:
-        answers = [(who, r[dim.name]) for who, r in task.records if _answered(dim, r, policy)]
+        answers = [(who, r[dim.name]) for who, r in task.records if answered(dim, r, policy)]
         if not answers:
             continue
         toks = tokens(str(task.data.get(dim.field or "") or ""))
@@ -284,20 +276,23 @@ def agreement_report(
     schema: Schema,
     policy: AcceptancePolicy | None = None,
     annotator_name: AnnotatorName = str,
+    accepted: AcceptedData | None = None,
 ) -> dict[str, Any]:
-    """Counts, per-dimension agreement and the adjudication list for Label Studio task dicts (JSON-ready)."""
+    """Counts, per-dimension agreement and the adjudication list for Label Studio task dicts (JSON-ready).
+
+    `accepted`: the acceptance policy's result for these tasks under `policy`, when the caller has it already."""
     policy = policy or AcceptancePolicy()
-    accepted = accept(tasks, schema, policy)
+    accepted = accepted if accepted is not None else accept(tasks, schema, policy)
     by_key = {example.key: example.labels for example in accepted.examples}
     coded = _coded_tasks(tasks, schema, by_key, annotator_name)
     annotations = [a for t in tasks for a in (t.get("annotations") or []) if isinstance(a, Mapping)]
-    named = {annotator_of(a) for a in annotations if not a.get("was_cancelled")} - {None}
+    named = {annotator_of(a) for a in counted(annotations)} - {None}
     counts = {
         "tasks": len(tasks),
         "annotated_tasks": len(coded),
         "tasks_with_2_or_more_annotators": sum(len(t.records) >= 2 for t in coded),
-        "annotations": sum(not a.get("was_cancelled") for a in annotations),
-        "cancelled_annotations": sum(bool(a.get("was_cancelled")) for a in annotations),
+        "annotations": len(counted(annotations)),
+        "cancelled_annotations": sum(is_cancelled(a) for a in annotations),
         "annotators": len(named),
         "accepted_tasks": len(accepted.examples),
         "held_out": len(accepted.held_out),

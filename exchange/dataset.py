@@ -33,13 +33,16 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from annotation_config.annotations import annotator_of, is_cancelled, is_ground_truth, task_key
 from annotation_config.errors import WorkbenchError
-from annotation_config.importer import (
+from annotation_config.regions import RegionError, results_to_labels
+from annotation_config.schema import Dimension, Schema
+from exchange.bundle import AGGREGATED, MARKER_TAG, RAW, RAW_SPLIT, ExportBundle
+from exchange.importer import (
     ANNOTATOR,
     CREATED_AT,
     GROUND_TRUTH,
@@ -47,14 +50,9 @@ from annotation_config.importer import (
     UPDATED_AT,
     WAS_CANCELLED,
 )
-from annotation_config.regions import RegionError, results_to_labels
-from annotation_config.schema import Dimension, Schema
-from training.data import SPLITS, AcceptancePolicy, AcceptedData, Example, accept, split_examples
+from training.data import SPLITS, AcceptancePolicy, Example, accept, split_examples
 
 SALT_ENV = "WORKBENCH_EXPORT_SALT"
-AGGREGATED, RAW = "aggregated", "raw"
-RAW_SPLIT = "train"
-MARKER_TAG = "stance-workbench"  # a folder whose card carries this tag is a previous export we may replace
 
 
 class DatasetExportError(WorkbenchError):
@@ -63,26 +61,6 @@ class DatasetExportError(WorkbenchError):
 
 class PushError(WorkbenchError):
     """The Hub (or its stand-in) refused or could not be reached."""
-
-
-@dataclass
-class ExportBundle:
-    """An export in memory: both configurations, what the policy did, agreement figures, provenance."""
-
-    aggregated: Any  # datasets.DatasetDict of the non-empty splits
-    raw: Any  # datasets.DatasetDict with one split
-    accepted: AcceptedData
-    agreement: dict[str, Any]
-    salt_source: str
-    seed: int
-    ratios: tuple[float, float, float]
-    source: str = ""
-    exported_at: str = field(default_factory=lambda: datetime.now().astimezone().isoformat(timespec="seconds"))
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        """Rows per aggregated split (non-empty splits only)."""
-        return {name: len(part) for name, part in self.aggregated.items()}
 
 
 def resolve_salt(salt: str | None) -> tuple[str, str]:
@@ -100,13 +78,6 @@ def pseudonym(annotator: Any, salt: str) -> str | None:
         return None
     digest = hmac.new(salt.encode("utf-8"), str(annotator).encode("utf-8"), hashlib.sha256).hexdigest()
     return f"a-{digest[:16]}"
-
-
-def _annotator_id(annotation: Mapping[str, Any]) -> Any:
-    who = annotation.get("completed_by")
-    if isinstance(who, Mapping):
-        who = who.get("id", who.get("email"))
-    return who
 
 
 # ---- features and rows ----
@@ -244,8 +215,7 @@ def raw_rows(
     rows = []
     for index, task in enumerate(tasks):
         data = dict(task.get("data") or {})
-        task_id = task.get("id")
-        key = str(data.get(schema.data.key) or (f"task-{task_id}" if task_id is not None else f"task-#{index}"))
+        key = task_key(task, schema, index)
         for annotation in task.get("annotations") or []:
             if not isinstance(annotation, Mapping):
                 continue
@@ -253,10 +223,10 @@ def raw_rows(
             lead_time = annotation.get(LEAD_TIME)
             row.update(
                 {
-                    ANNOTATOR: pseudonym(_annotator_id(annotation), salt),
+                    ANNOTATOR: pseudonym(annotator_of(annotation), salt),
                     LEAD_TIME: None if lead_time is None else float(lead_time),
-                    WAS_CANCELLED: bool(annotation.get(WAS_CANCELLED)),
-                    GROUND_TRUTH: bool(annotation.get(GROUND_TRUTH)),
+                    WAS_CANCELLED: is_cancelled(annotation),
+                    GROUND_TRUTH: is_ground_truth(annotation),
                     CREATED_AT: _timestamp(annotation.get(CREATED_AT)),
                     UPDATED_AT: _timestamp(annotation.get(UPDATED_AT)),
                     "split": split_of.get(key),
@@ -264,7 +234,7 @@ def raw_rows(
                 }
             )
             labels: dict[str, Any] = {}
-            if not annotation.get(WAS_CANCELLED):
+            if not is_cancelled(annotation):
                 try:
                     labels = results_to_labels(schema, annotation.get("result") or [], data)
                 except RegionError as error:
@@ -287,7 +257,7 @@ def build_export(
     """Both configurations in memory, with agreement figures; raises DatasetExportError when nothing was accepted."""
     from datasets import Dataset, DatasetDict, Features, Value
 
-    from training.agreement import agreement_report
+    from exchange.agreement import agreement_report
 
     salt, salt_source = resolve_salt(salt)
     accepted = accept(tasks, schema, policy)
@@ -321,7 +291,9 @@ def build_export(
     )
     # Never empty: an accepted example has at least one annotation.
     raw_table = Dataset.from_list(raw_rows(tasks, schema, salt, task_features, split_of), features=raw_features)
-    report = agreement_report(tasks, schema, policy, annotator_name=lambda who: pseudonym(who, salt) or "")
+    report = agreement_report(
+        tasks, schema, policy, annotator_name=lambda who: pseudonym(who, salt) or "", accepted=accepted
+    )
     return ExportBundle(
         aggregated=aggregated,
         raw=DatasetDict({RAW_SPLIT: raw_table}),
@@ -349,7 +321,7 @@ def write_export(bundle: ExportBundle, schema: Schema, out: str | Path) -> Path:
     """Write parquet files and the card into a temporary sibling of `out`, then move it into place."""
     import datasets
 
-    from training.dataset_card import build_dataset_card
+    from exchange.dataset_card import build_dataset_card
 
     out = Path(out).resolve()
     _check_replaceable(out)

@@ -195,7 +195,7 @@ def provision(client: Any, schema: Schema, tasks: list[dict], title: str, ls_url
 
 
 # The Data Manager tab `provision` sets up: tasks ordered by prediction score ascending, so the least certain
-# suggestions (backend.uncertainty's task score) come first; tasks without a prediction sort last (NULLS LAST).
+# suggestions (training.uncertainty's task score) come first; tasks without a prediction sort last (NULLS LAST).
 UNCERTAINTY_VIEW_TITLE = "Least certain first"
 SCORE_COLUMN = "tasks:predictions_score"
 # Label Studio 1.23's built-in task columns (data_manager/functions.py get_all_columns), as the Data Manager names

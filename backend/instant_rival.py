@@ -30,7 +30,7 @@ def instant_rival_report(
     """{"split", "n", "primary", "model_version"} of the instant learner on `test_rows`; None when not comparable."""
     if not train_rows or not test_rows:
         return None
-    from backend.cold_start import ColdStartPredictor, served_embedder
+    from backend.cold_start.predictor import ColdStartPredictor, served_embedder
     from backend.instant_learner import InstantLearner
     from backend.settings import Settings
 

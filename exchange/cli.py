@@ -15,28 +15,19 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from annotation_config.errors import WorkbenchError
+from annotation_config.errors import CommandError
+from studio.options import (
+    ApiKeyOption,
+    FromExportOption,
+    ProjectOption,
+    SchemaOption,
+    SourceUrlOption,
+    TargetUrlOption,
+)
+from training.model_card import format_value
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-SchemaOption = Annotated[
-    Path | None,
-    typer.Option("--schema", envvar="WORKBENCH_SCHEMA", help="Label schema YAML (default: the sample schema)."),
-]
-LsUrlOption = Annotated[
-    str | None, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Label Studio base URL.", show_default=False)
-]
-ApiKeyOption = Annotated[
-    str, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help="Label Studio API token.", show_default=False)
-]
-ProjectOption = Annotated[int | None, typer.Option("--project", help="Label Studio project id.")]
-FromExportOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--from-export", help="A Label Studio JSON export, or a dataset folder (its raw configuration) instead."
-    ),
-]
 
 
 class ImportAs(StrEnum):
@@ -53,34 +44,20 @@ class Annotators(StrEnum):
     users = "users"
 
 
-class CommandError(WorkbenchError):
-    """A command-line usage problem with a one-line fix."""
+def _read_folder(schema: Any) -> Any:
+    """A reader of dataset folders (their raw configuration) as Label Studio tasks, for studio.source.load_tasks."""
 
+    def read(folder: Path) -> list[dict]:
+        from exchange.importer import as_label_studio_tasks, read_file
 
-def load_tasks(
-    ls_url: str | None, project: int | None, api_key: str, from_export: Path | None, schema: Any
-) -> tuple[list[dict], str]:
-    """Label Studio task dicts from a project (`--ls-url` + `--project`) or a file/folder, and a source line."""
-    if from_export is not None and (ls_url or project is not None):
-        raise CommandError("pass either --from-export FILE or --ls-url URL --project ID, not both")
-    if from_export is None:
-        if not (ls_url and project is not None):
-            raise CommandError("give --ls-url URL --project ID (with --api-key), or --from-export FILE")
-        from annotation_config.provision import connect, export_tasks
-
-        return export_tasks(connect(ls_url, api_key), project), f"Label Studio project {project}"
-    if from_export.is_dir():
-        from annotation_config.importer import as_label_studio_tasks, read_file
-
-        parsed = read_file(from_export, schema, "raw")
+        parsed = read_file(folder, schema, "raw")
         if parsed.rejected:
             raise CommandError(
-                f"{from_export}: {len(parsed.rejected)} rows do not fit the schema, e.g. {parsed.rejected[0]}"
+                f"{folder}: {len(parsed.rejected)} rows do not fit the schema, e.g. {parsed.rejected[0]}"
             )
-        return as_label_studio_tasks(parsed, schema), f"dataset folder {from_export.name}"
-    from training.data import load_export
+        return as_label_studio_tasks(parsed, schema)
 
-    return load_export(from_export), f"export file {from_export.name}"
+    return read
 
 
 # ---- export ----
@@ -99,7 +76,7 @@ def export_command(
 ) -> int:
     """Write the dataset folder (and push it, to a private repo unless `private` is False); print what was written."""
     from annotation_config.schema import load_schema
-    from training.export import export_dataset, push_folder
+    from exchange.dataset import export_dataset, push_folder
     from training.training_args import TrainingArguments
 
     schema = load_schema(schema_path)
@@ -132,7 +109,7 @@ def export(
             help="Visibility of a Hub repo that --push creates (private by default; an existing repo keeps its own).",
         ),
     ] = False,
-    ls_url: LsUrlOption = None,
+    ls_url: SourceUrlOption = None,
     project: ProjectOption = None,
     api_key: ApiKeyOption = "",
     from_export: FromExportOption = None,
@@ -150,13 +127,14 @@ def export(
 ) -> None:
     """Export accepted labels (aggregated) and every annotation (raw) as a Hugging Face dataset folder."""
     from annotation_config.schema import load_schema
+    from studio.source import load_tasks
 
-    tasks, source = load_tasks(ls_url, project, api_key, from_export, load_schema(schema))
+    loaded = load_tasks(from_export, ls_url, project, api_key, read_folder=_read_folder(load_schema(schema)))
     raise typer.Exit(
         export_command(
             out_dir,
-            tasks=tasks,
-            source=source,
+            tasks=loaded.tasks,
+            source=loaded.label,
             schema_path=schema,
             salt=salt,
             seed=seed,
@@ -183,9 +161,9 @@ def import_command(
     config: str | None = None,
 ) -> int:
     """Validate the whole file, then import it (or nothing, when a row is bad and `skip_invalid` is off)."""
-    from annotation_config.importer import ImportFileError, import_parsed, problems_text, read_file
-    from annotation_config.provision import connect
     from annotation_config.schema import load_schema
+    from exchange.importer import ImportFileError, import_parsed, problems_text, read_file
+    from studio.provision import connect
 
     if project is not None and title:
         raise CommandError("pass either --project ID or --title T, not both")
@@ -246,9 +224,7 @@ def import_command(
 
 def import_(
     file: Annotated[Path, typer.Argument(help="CSV, JSON lines, Label Studio JSON export, or a dataset folder.")],
-    ls_url: Annotated[str, typer.Option("--ls-url", envvar="LABEL_STUDIO_URL", help="Label Studio base URL.")] = (
-        "http://localhost:8080"
-    ),
+    ls_url: TargetUrlOption = "http://localhost:8080",
     api_key: ApiKeyOption = "",
     schema: SchemaOption = None,
     as_: Annotated[ImportAs, typer.Option("--as", help="Create annotations or predictions.")] = ImportAs.annotations,
@@ -291,7 +267,7 @@ def import_(
 def agreement_command(tasks: list[dict], *, schema_path: Path | None = None, as_json: bool = False) -> int:
     """Compute and print agreement figures for Label Studio task dicts."""
     from annotation_config.schema import load_schema
-    from training.agreement import agreement_report
+    from exchange.agreement import agreement_report
 
     report = agreement_report(tasks, load_schema(schema_path))
     if as_json:
@@ -301,15 +277,11 @@ def agreement_command(tasks: list[dict], *, schema_path: Path | None = None, as_
     return 0
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
 def print_report(report: Mapping[str, Any]) -> None:
     """Rich tables: counts, agreement per dimension and label, pairs, annotators against the aggregate."""
     from rich.table import Table
 
-    from training.agreement import summary_rows
+    from exchange.agreement import summary_rows
 
     counts = report["counts"]
     out.print(", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in counts.items()))
@@ -319,18 +291,22 @@ def print_report(report: Mapping[str, Any]) -> None:
             row["dimension"] if not row["label"] else "",
             row["label"],
             str(row["units"]),
-            _fmt(row["alpha"]),
-            _fmt(row["kappa_mean"]),
-            _fmt(row["percent_agreement"]),
+            format_value(row["alpha"]),
+            format_value(row["kappa_mean"]),
+            format_value(row["percent_agreement"]),
         )
     out.print(table)
     pairs = Table("dimension", "annotator a", "annotator b", "n", "kappa", "agreement", title="pairwise Cohen's kappa")
     people = Table("dimension", "annotator", "n", "accuracy", "kappa", title="each annotator against the aggregate")
     for name, dim in report["dimensions"].items():
         for pair in dim.get("pairs") or []:
-            pairs.add_row(name, pair["a"], pair["b"], str(pair["n"]), _fmt(pair["kappa"]), _fmt(pair["agreement"]))
+            pairs.add_row(
+                name, pair["a"], pair["b"], str(pair["n"]), format_value(pair["kappa"]), format_value(pair["agreement"])
+            )
         for who in dim["annotators"]:
-            people.add_row(name, who["annotator"], str(who["n"]), _fmt(who["accuracy"]), _fmt(who["kappa"]))
+            people.add_row(
+                name, who["annotator"], str(who["n"]), format_value(who["accuracy"]), format_value(who["kappa"])
+            )
     if pairs.row_count:
         out.print(pairs)
     if people.row_count:
@@ -344,7 +320,7 @@ def print_report(report: Mapping[str, Any]) -> None:
 
 
 def agreement(
-    ls_url: LsUrlOption = None,
+    ls_url: SourceUrlOption = None,
     project: ProjectOption = None,
     api_key: ApiKeyOption = "",
     from_export: FromExportOption = None,
@@ -353,9 +329,10 @@ def agreement(
 ) -> None:
     """Inter-annotator agreement per dimension and label, and the tasks that need adjudication."""
     from annotation_config.schema import load_schema
+    from studio.source import load_tasks
 
-    tasks, _ = load_tasks(ls_url, project, api_key, from_export, load_schema(schema))
-    raise typer.Exit(agreement_command(tasks, schema_path=schema, as_json=as_json))
+    loaded = load_tasks(from_export, ls_url, project, api_key, read_folder=_read_folder(load_schema(schema)))
+    raise typer.Exit(agreement_command(loaded.tasks, schema_path=schema, as_json=as_json))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from annotation_config.schema import Schema
+from training.model_card import format_value
 
 if TYPE_CHECKING:
-    from training.export import ExportBundle
+    from exchange.bundle import ExportBundle
 
 TEMPLATE_NAME = "dataset_card_template.md"
 _KIND_TEXT = {"single": "Single choice", "multi": "Multiple choice (any number)", "spans": "Span labels"}
@@ -33,15 +34,11 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
 def card_data(bundle: ExportBundle, schema: Schema, files: Mapping[str, Mapping[str, str]]):
     """The card's YAML metadata: configs with data files per split, license, language, tasks, size."""
     from huggingface_hub import DatasetCardData
 
-    from training.export import MARKER_TAG
+    from exchange.bundle import MARKER_TAG
 
     kinds = {d.kind for d in schema.dimensions}
     task_ids = [
@@ -114,7 +111,7 @@ def build_dataset_card(bundle: ExportBundle, schema: Schema, files: Mapping[str,
 
     from huggingface_hub import DatasetCard
 
-    from training.agreement import summary_rows
+    from exchange.agreement import summary_rows
 
     report = bundle.agreement
     accepted = bundle.accepted
@@ -135,7 +132,7 @@ def build_dataset_card(bundle: ExportBundle, schema: Schema, files: Mapping[str,
         for d in schema.dimensions
     ]
     rows = [
-        {k: (_fmt(v) if k in {"alpha", "kappa_mean", "percent_agreement"} else v) for k, v in r.items()}
+        {k: (format_value(v) if k in {"alpha", "kappa_mean", "percent_agreement"} else v) for k, v in r.items()}
         for r in summary_rows(report)
     ]
     salt_text = {

@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annotation_config.annotations import annotator_of, is_cancelled, is_ground_truth
 from annotation_config.errors import WorkbenchError
-from annotation_config.provision import call, find_project, provision, task_data
 from annotation_config.regions import RegionError, labels_to_results, results_to_labels
 from annotation_config.schema import Dimension, Schema
+from studio.provision import call, find_project, provision, task_data
 
 ANNOTATOR, LEAD_TIME, SCORE = "annotator", "lead_time", "score"
 WAS_CANCELLED, GROUND_TRUTH = "was_cancelled", "ground_truth"
@@ -550,16 +551,14 @@ def _label_studio_task(item: Any, schema: Schema, where: str, *, derive_key: boo
             labels = results_to_labels(schema, annotation.get("result") or [], task.data)
         except RegionError as error:
             raise _RowError(f"annotations[{i}].{error}") from None
-        who = annotation.get("completed_by")
-        if isinstance(who, dict):
-            who = who.get("email") or who.get("id")
+        who = annotator_of(annotation)
         task.annotations.append(
             AnnotationIn(
                 labels=labels,
                 annotator=None if who is None else str(who),
                 lead_time=_number(annotation.get("lead_time"), f"annotations[{i}].lead_time"),
-                was_cancelled=bool(annotation.get("was_cancelled")),
-                ground_truth=bool(annotation.get("ground_truth")),
+                was_cancelled=is_cancelled(annotation),
+                ground_truth=is_ground_truth(annotation),
                 created_at=_text_or_none(annotation.get("created_at")),
                 updated_at=_text_or_none(annotation.get("updated_at")),
             )
@@ -728,16 +727,7 @@ def import_parsed(
     for tasks provisioned earlier, and importing the same file twice adds nothing. Other such tasks are skipped.
     Call only with a file without rejected rows (or after deciding to skip them).
     """
-    if project_id is not None:
-        project = call(lambda: client.projects.get(id=project_id), f"read project {project_id}")
-        same_title = find_project(client, project.title)
-        if same_title is None or same_title.id != project_id:
-            raise ImportFailed(
-                f"project {project_id} shares its title {project.title!r} with another project; "
-                "give it a unique title or use --title"
-            )
-        title = project.title
-    title = title or schema.name
+    title = _project_title(client, project_id) if project_id is not None else (title or schema.name)
     before = find_project(client, title)
     present = _project_tasks(client, before.id) if before is not None else []
     have = {str(t.data.get(schema.data.key)): t for t in present if t.data}
@@ -750,6 +740,35 @@ def import_parsed(
         tasks_imported=outcome.imported,
         tasks_skipped=0,
     )
+    to_label = _tasks_to_label(parsed, have, schema, as_predictions, result)
+    pending = [(task, a) for task in to_label for a in task.annotations if not (as_predictions and a.was_cancelled)]
+    if not pending:
+        return result
+    ids = {str(t.data.get(schema.data.key)): t.id for t in _project_tasks(client, outcome.project_id) if t.data}
+    users: dict[str, int] = {}
+    if annotator_users and not as_predictions:
+        users, result.users_created = _user_ids(client, (a.annotator for _, a in pending if a.annotator))
+    _write_labels(client, schema, pending, ids, users, as_predictions, result)
+    return result
+
+
+def _project_title(client: Any, project_id: int) -> str:
+    """The title of an existing project, which must be unique (provisioning finds projects by title)."""
+    project = call(lambda: client.projects.get(id=project_id), f"read project {project_id}")
+    same_title = find_project(client, project.title)
+    if same_title is None or same_title.id != project_id:
+        raise ImportFailed(
+            f"project {project_id} shares its title {project.title!r} with another project; "
+            "give it a unique title or use --title"
+        )
+    return project.title
+
+
+def _tasks_to_label(
+    parsed: ParsedFile, have: Mapping[str, Any], schema: Schema, as_predictions: bool, result: ImportResult
+) -> list[TaskIn]:
+    """The tasks whose labels to write: new ones, and ones already there with no labels of this kind and the same
+    text; counts the others in `result` (skipped; conflicts when the project holds the key with another text)."""
     fields = {schema.data.text, *(d.field for d in schema.dimensions)}
     to_label = []
     for task in parsed.tasks:
@@ -765,13 +784,19 @@ def import_parsed(
         else:
             to_label.append(task)
             result.tasks_labelled += 1
-    pending = [(task, a) for task in to_label for a in task.annotations if not (as_predictions and a.was_cancelled)]
-    if not pending:
-        return result
-    ids = {str(t.data.get(schema.data.key)): t.id for t in _project_tasks(client, outcome.project_id) if t.data}
-    users: dict[str, int] = {}
-    if annotator_users and not as_predictions:
-        users, result.users_created = _user_ids(client, (a.annotator for _, a in pending if a.annotator))
+    return to_label
+
+
+def _write_labels(
+    client: Any,
+    schema: Schema,
+    pending: list[tuple[TaskIn, AnnotationIn]],
+    ids: Mapping[str, int],
+    users: Mapping[str, int],
+    as_predictions: bool,
+    result: ImportResult,
+) -> None:
+    """Create each pending annotation (or prediction), counting them in `result`; a failure names what was written."""
     for task, annotation in pending:
         results = labels_to_results(schema, annotation.labels, task.data)
         try:
@@ -801,7 +826,6 @@ def import_parsed(
                 f"{error}; already written: {result.tasks_imported} tasks and {done} of {len(pending)} "
                 f"{'predictions' if as_predictions else 'annotations'} in project {result.project_id}"
             ) from None
-    return result
 
 
 def _project_tasks(client: Any, project_id: int) -> list[Any]:

@@ -25,10 +25,10 @@ import transformers
 import transformers.trainer
 from huggingface_hub import ModelCard
 
+import backend.train_job
 import training.calibration
 import training.evaluation
 import training.model_card
 import training.pipeline
 import training.predict
 import training.trainer
-import workbench.cli

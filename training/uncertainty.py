@@ -64,45 +64,51 @@ def _rows(probs: np.ndarray, kind: Kind) -> np.ndarray | float:
     return rows
 
 
-class LeastConfidence:
+class _Measure:
+    """A strategy that measures [n, k] distributions; the cases with nothing to measure are `_rows`'s."""
+
+    name = ""
+
+    def certainty(self, probs: np.ndarray, kind: Kind) -> float:
+        """The certainty of one dimension's distribution (1 = sure, 0 = no idea)."""
+        rows = _rows(probs, kind)
+        return self.measure(rows) if isinstance(rows, np.ndarray) else float(rows)
+
+    def measure(self, rows: np.ndarray) -> float:
+        """The certainty of [n, k] distributions with k >= 2: the least certain row's."""
+        raise NotImplementedError
+
+
+class LeastConfidence(_Measure):
     """Certainty = the chosen answer's probability, rescaled (multi choice: its least certain yes/no decision)."""
 
     name = "least_confidence"
 
-    def certainty(self, probs: np.ndarray, kind: Kind) -> float:
+    def measure(self, rows: np.ndarray) -> float:
         """Max probability, rescaled so that a uniform distribution scores 0."""
-        rows = _rows(probs, kind)
-        if not isinstance(rows, np.ndarray):
-            return float(rows)
         k = rows.shape[-1]
         top = rows.max(axis=-1)
         return float(np.clip((top.min() - 1.0 / k) / (1.0 - 1.0 / k), 0.0, 1.0))
 
 
-class Margin:
+class Margin(_Measure):
     """Certainty = gap between the two likeliest answers (multi choice: the smallest |2p - 1| over labels)."""
 
     name = "margin"
 
-    def certainty(self, probs: np.ndarray, kind: Kind) -> float:
+    def measure(self, rows: np.ndarray) -> float:
         """Best minus second best probability."""
-        rows = _rows(probs, kind)
-        if not isinstance(rows, np.ndarray):
-            return float(rows)
         ordered = np.sort(rows, axis=-1)
         return float(np.clip((ordered[:, -1] - ordered[:, -2]).min(), 0.0, 1.0))
 
 
-class Entropy:
+class Entropy(_Measure):
     """Certainty = 1 - normalised entropy (multi choice: of its most uncertain label)."""
 
     name = "entropy"
 
-    def certainty(self, probs: np.ndarray, kind: Kind) -> float:
+    def measure(self, rows: np.ndarray) -> float:
         """One minus the entropy divided by its maximum, log k."""
-        rows = _rows(probs, kind)
-        if not isinstance(rows, np.ndarray):
-            return float(rows)
         k = rows.shape[-1]
         p = np.clip(rows, 1e-12, 1.0)  # 0 log 0 = 0; the clip keeps log finite at a negligible cost
         entropy = -(rows * np.log(p)).sum(axis=-1) / math.log(k)

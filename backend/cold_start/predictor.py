@@ -91,7 +91,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])[\"”’)\]]*\s+|\n+")
 
 
 class Embedder(Protocol):
-    """Anything that maps texts to L2-normalised vectors, like training.embedding.SentenceEmbedder."""
+    """Anything that maps texts to L2-normalised vectors, like backend.cold_start.embedder.SentenceEmbedder."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -135,7 +135,7 @@ class _Hit:
 def served_embedder(settings: Any) -> Embedder:
     """The encoder the backend serves, as backend.settings.Settings describes it (WORKBENCH_ENCODER, _RUNTIME, ...):
     the cold start's, and so the instant learner's features, in the backend and in a training job's gate."""
-    from training.embedding import SentenceEmbedder
+    from backend.cold_start.embedder import SentenceEmbedder
 
     return SentenceEmbedder(
         settings.encoder,
@@ -154,7 +154,7 @@ class ColdStartPredictor:
 
     def __init__(self, schema: Schema, embedder: Embedder | None = None) -> None:
         if embedder is None:
-            from training.embedding import SentenceEmbedder
+            from backend.cold_start.embedder import SentenceEmbedder
 
             embedder = SentenceEmbedder()
         self.schema = schema

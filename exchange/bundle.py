@@ -1,0 +1,33 @@
+"""An export in memory (`ExportBundle`) and the names of its configurations: what the writer and the card share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from training.data import AcceptedData
+
+AGGREGATED, RAW = "aggregated", "raw"
+RAW_SPLIT = "train"
+MARKER_TAG = "stance-workbench"  # a folder whose card carries this tag is a previous export we may replace
+
+
+@dataclass
+class ExportBundle:
+    """An export in memory: both configurations, what the policy did, agreement figures, provenance."""
+
+    aggregated: Any  # datasets.DatasetDict of the non-empty splits
+    raw: Any  # datasets.DatasetDict with one split
+    accepted: AcceptedData
+    agreement: dict[str, Any]
+    salt_source: str
+    seed: int
+    ratios: tuple[float, float, float]
+    source: str = ""
+    exported_at: str = field(default_factory=lambda: datetime.now().astimezone().isoformat(timespec="seconds"))
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Rows per aggregated split (non-empty splits only)."""
+        return {name: len(part) for name, part in self.aggregated.items()}
