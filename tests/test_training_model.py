@@ -405,7 +405,7 @@ def test_probe_fits_the_heads_on_cached_encoder_states_and_leaves_the_encoder_al
     fresh.eval()
     with torch.no_grad():
         loss_before = float(fresh(**batch).loss)
-    probe_heads(fresh, items, Collator(fresh.config), TrainingArguments(probe_epochs=40, threads=1), "cpu")
+    probe_heads(fresh, rows, items, Collator(fresh.config), TrainingArguments(probe_epochs=40, threads=1), "cpu")
     fresh.eval()
     with torch.no_grad():
         loss_after = float(fresh(**batch).loss)

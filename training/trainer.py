@@ -236,7 +236,7 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
     settings = {"target_encoding": target_encoding, "epochs": epochs, "probe_epochs": args.probe_epochs}
     collator = Collator(config, tokenizer.pad_token_id or 0)
     mark = time.perf_counter()
-    probe_heads(model, train_items, collator, args, device)
+    probe_heads(model, train_rows, train_items, collator, args, device)
     phases["probe"] = time.perf_counter() - mark
 
     precision = args.resolved_precision()
@@ -324,6 +324,15 @@ def choose_target_encoding(requested: str, schema: Schema, rows: Sequence[Mappin
 _BUDGET_LAYERS, _BUDGET_WIDTH = 6, 384
 
 
+def rows_by_view(rows: Sequence[Mapping[str, Any]], config: MultiHeadConfig) -> dict[str, list[int]]:
+    """Per view id, the indices of the rows labelled for one of its dimensions: training runs a view on no others."""
+    names = {view.id: [d["name"] for d in config.dimensions if view_of(d).id == view.id] for view in config.views}
+    return {
+        view_id: [i for i, row in enumerate(rows) if any(row.get(name) is not None for name in dims)]
+        for view_id, dims in names.items()
+    }
+
+
 def epoch_tokens(
     rows: Sequence[Mapping[str, Any]],
     items: Sequence[Mapping[str, Any]],
@@ -338,16 +347,12 @@ def epoch_tokens(
 
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    views = {view.id: [d["name"] for d in config.dimensions if view_of(d).id == view.id] for view in config.views}
+    labelled = {view_id: set(indices) for view_id, indices in rows_by_view(rows, config).items()}
     total = 0
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        for view_id, names in views.items():
-            lengths = [
-                len(items[i]["views"][view_id]["input_ids"])
-                for i in batch
-                if any(rows[i].get(name) is not None for name in names)
-            ]
+        for view_id, on_view in labelled.items():
+            lengths = [len(items[i]["views"][view_id]["input_ids"]) for i in batch if i in on_view]
             total += max(lengths, default=0) * len(lengths)
     return total
 
@@ -416,32 +421,33 @@ def _to_device(value: Any, device: str) -> Any:
 PROBE_BATCH_SIZE = 64
 
 
-def _has_label(value: Any) -> bool:
-    """Whether a featurized label (class index, 0/1 row, or per-token tags) holds anything but the mask."""
-    if isinstance(value, list):
-        return any(_has_label(v) for v in value)
-    return value not in (IGNORE, -1.0)
-
-
 def _fill_cache(
-    cached: _CachedEncoder, config: MultiHeadConfig, items: Sequence[Mapping[str, Any]], pad_token_id: int, device: str
+    cached: _CachedEncoder,
+    config: MultiHeadConfig,
+    rows: Sequence[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    device: str,
 ) -> None:
     """Encode, once, every view a training row is labelled for, in batches of similar length: random batches of
     paragraphs pad to about twice their real tokens, sorted ones hardly at all."""
     with torch.no_grad():
-        for view in config.views:
-            dims = [d["name"] for d in config.dimensions if view_of(d).id == view.id]
-            todo = [i for i, item in enumerate(items) if any(_has_label(item["labels"][name]) for name in dims)]
-            todo.sort(key=lambda i: len(items[i]["views"][view.id]["input_ids"]))
+        for view_id, todo in rows_by_view(rows, config).items():
+            todo = sorted(todo, key=lambda i: len(items[i]["views"][view_id]["input_ids"]))
             for start in range(0, len(todo), PROBE_BATCH_SIZE):
-                batch = [{view.id: items[i]["views"][view.id]} for i in todo[start : start + PROBE_BATCH_SIZE]]
-                inputs = pad_views(batch, pad_token_id)[view.id]
+                batch = [{view_id: items[i]["views"][view_id]} for i in todo[start : start + PROBE_BATCH_SIZE]]
+                inputs = pad_views(batch, pad_token_id)[view_id]
                 inputs.pop("offset_mapping", None)
                 cached(**{k: v.to(device) for k, v in inputs.items()})
 
 
 def probe_heads(
-    model: MultiHeadModel, items: Sequence[Mapping[str, Any]], collator: Collator, args: TrainingArguments, device: str
+    model: MultiHeadModel,
+    rows: Sequence[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]],
+    collator: Collator,
+    args: TrainingArguments,
+    device: str,
 ) -> None:
     """Fit the heads (and late-encoding target queries) on the frozen encoder's states: a linear probe.
 
@@ -462,7 +468,7 @@ def probe_heads(
     encoder.eval()
     model.encoder = cached = _CachedEncoder(encoder)
     try:
-        _fill_cache(cached, model.config, items, collator.pad_token_id, device)
+        _fill_cache(cached, model.config, rows, items, collator.pad_token_id, device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.head_learning_rate, weight_decay=args.weight_decay)
         order = torch.Generator().manual_seed(args.seed)
@@ -606,6 +612,7 @@ __all__ = [
     "featurize",
     "load_tokenizer",
     "probe_heads",
+    "rows_by_view",
     "token_tags",
     "train_model",
 ]
