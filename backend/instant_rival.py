@@ -1,10 +1,11 @@
-"""The instant learner as the gate's rival: fitted on a candidate's training rows, scored on its held-out rows.
+"""What serves before any fine-tuned model, as the gate's rivals: scored on a candidate's held-out rows.
 
-Before any fine-tuned model is promoted the backend serves the instant learner (backend/ladder.py). A fine-tuned
-candidate replaces it only if it scores at least as well on the same held-out rows (Registry.promote), so the
-ladder never steps down. The rival is fitted like the backend fits it (same encoder settings, from the
-WORKBENCH_* environment a backend job inherits) on the candidate's train + validation rows: the data the candidate
-learnt from, since the instant learner needs no validation split.
+Before any fine-tuned model is promoted the backend serves the instant learner (backend/ladder.py), and before the
+first label the cold start. A fine-tuned candidate replaces them only if it scores at least as well as each of
+them on the same held-out rows (Registry.promote), so the ladder never steps down and an annotator never sees
+worse suggestions after a retrain. The rivals are built like the backend builds them (same encoder settings, from
+the WORKBENCH_* environment a backend job inherits); the instant learner is fitted on the candidate's train +
+validation rows: the data the candidate learnt from, since the instant learner needs no validation split.
 """
 
 from __future__ import annotations
@@ -26,26 +27,59 @@ def instant_rival_report(
     train_rows: Sequence[Mapping[str, Any]],
     test_rows: Sequence[Mapping[str, Any]],
     split: str = "test",
-) -> dict[str, Any] | None:
-    """{"split", "n", "primary", "model_version"} of the instant learner on `test_rows`; None when not comparable."""
-    if not train_rows or not test_rows:
+) -> dict[str, dict[str, Any]] | None:
+    """{"cold_start": report, "instant_learner": report} on `test_rows`, each {"split", "n", "primary",
+    "dimensions" (macro-F1 per dimension), "model_version"}; None when not comparable."""
+    if not test_rows:
         return None
+    examples = [row_example(row, schema) for row in test_rows]
+    records = [e.data for e in examples]
+    cold_start, learner = _fit_rungs(schema, [row_example(row, schema) for row in train_rows])
+    rivals = {"cold_start": _report(schema, examples, cold_start.predict(records), cold_start.model_version, split)}
+    if learner is not None:
+        predictions = learner.predict(records)
+        rivals["instant_learner"] = _report(schema, examples, predictions, learner.model_version, split)
+    return rivals
+
+
+def rung_answers(schema: Schema, train: Sequence[Any], test: Sequence[Any], seed: int) -> dict[str, list]:
+    """The cold start and the instant learner (fitted on `train` examples) answering `test` examples: a
+    training.crossval.Method, for `workbench evaluate --cv` and the quality benches (the seed changes nothing)."""
+    cold_start, learner = _fit_rungs(schema, train)
+    records = [e.data for e in test]
+    out = {"cold start": cold_start.predict(records)}
+    out["instant learner"] = learner.predict(records) if learner is not None else out["cold start"]
+    return out
+
+
+def _fit_rungs(schema: Schema, train: Sequence[Any]) -> tuple[Any, Any]:
+    """The cold start, and the instant learner fitted on `train` examples (None when it has nothing to fit)."""
     from backend.cold_start.predictor import ColdStartPredictor, served_embedder
     from backend.instant_learner import InstantLearner
     from backend.settings import Settings
 
     embedder = served_embedder(Settings())
-    learner = InstantLearner(schema, embedder, ColdStartPredictor(schema, embedder))
+    cold_start = ColdStartPredictor(schema, embedder)
+    learner = InstantLearner(schema, embedder, cold_start)
     tasks = []
-    for number, row in enumerate(train_rows, start=1):
-        example = row_example(row, schema)
+    for number, example in enumerate(train, start=1):
         result = labels_to_results(schema, example.labels, example.data)
         tasks.append({"id": number, "data": example.data, "annotations": [{"id": number, "result": result}]})
     learner.load_tasks(tasks)
-    predictor = learner.fit()
-    if predictor is None:
-        return None
-    examples = [row_example(row, schema) for row in test_rows]
-    predictions = predictor.predict([e.data for e in examples])
+    return cold_start, learner.fit()
+
+
+def _report(schema: Schema, examples: Sequence[Any], predictions: Sequence[Any], version: str, split: str) -> dict:
     report = evaluate_predictions(schema, [e.labels for e in examples], predictions)
-    return {"split": split, "n": len(examples), "primary": report["primary"], "model_version": predictor.model_version}
+    dimensions = {
+        name: d.get("macro_f1", (d.get("partial") or {}).get("f1"))
+        for name, d in report["dimensions"].items()
+        if d.get("n")
+    }
+    return {
+        "split": split,
+        "n": len(examples),
+        "primary": report["primary"],
+        "dimensions": dimensions,
+        "model_version": version,
+    }

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # bench.cv_report and the project's packages
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "semeval2016" / "semeval2016-task6-trainingdata.txt"
@@ -463,7 +463,24 @@ def main() -> None:
     parser.add_argument("--no-curve", action="store_true", help="only the headline run")
     parser.add_argument("--quick", action="store_true", help="reduced run: at most 2 epochs, curve at 250 and 500")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here as JSON")
+    parser.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K-fold CV x --seeds with the product's defaults (the figure to quote)",
+    )
+    parser.add_argument("--seeds", default="42,7,13", help="seeds of --cv / --test (folds and training)")
+    parser.add_argument(
+        "--test", type=Path, default=None, help="with --cv 0: train on all of --data, score this file (same format)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="--cv/--test: a TrainingArguments override"
+    )
+    parser.add_argument("--baselines-only", action="store_true", help="--cv/--test: skip the fine-tuned model")
     args = parser.parse_args()
+    if args.cv or args.test:
+        return cv_main(args)
     if args.quick:
         args.epochs = min(args.epochs, 2.0)
         args.sizes = "250,500"
@@ -517,6 +534,39 @@ def main() -> None:
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_report(report)
     save_json(args.json, report)
+
+
+def cv_main(args: argparse.Namespace) -> None:
+    """The protocol that cannot flatter: K-fold CV x seeds on the training file (or train on it all and score a
+    separate test file), the fine-tuned model with the product's defaults next to the baselines on the same folds."""
+    from annotation_config.schema import load_schema
+    from bench.cv_report import run, training_arguments
+    from training.data import accept
+
+    schema = load_schema(args.schema)
+
+    def examples(path: Path) -> list:
+        if not path.exists():
+            raise SystemExit(f"{path}: no such file")
+        return accept([as_task(t, schema) for t in read_tweets(path)], schema).examples
+
+    targs = training_arguments(args.set, encoder=args.encoder, device=args.device, threads=args.threads)
+    test = examples(args.test) if args.test else None
+    run(
+        examples(args.data),
+        schema,
+        targs,
+        {
+            "F_avg": lambda r: r.get("stance_f_avg"),
+            "macro-F1": lambda r: r.get("stance_macro_f1"),
+        },
+        folds=args.cv,
+        seeds=[int(s) for s in args.seeds.split(",")],
+        test=test,
+        fine_tune=not args.baselines_only,
+        title="SemEval-2016 Task 6A: F_avg (FAVOR/AGAINST F1, pooled over targets) and 3-class macro-F1, x100",
+        json_path=args.json,
+    )
 
 
 def save_json(path: Path | None, report: dict) -> None:

@@ -313,22 +313,28 @@ def test_late_target_encoding_trains_registers_and_serves_every_dimension(schema
         assert prediction.labels[dim.name] in dim.values and 0 < prediction.scores[dim.name] <= 1
 
 
-def test_the_first_candidate_is_gated_against_the_instant_learner_on_its_test_rows(schema, tmp_path):
-    """With nothing promoted, the instant learner serves: the run scores it (fitted on the candidate's training
-    rows, real encoder) on the candidate's test rows, and promotes only a candidate at least as good."""
+def test_the_first_candidate_is_gated_against_the_cold_start_and_instant_learner_on_its_test_rows(schema, tmp_path):
+    """With nothing promoted, the cold start or the instant learner serves: the run scores both (the learner fitted
+    on the candidate's training rows, real encoder) on the candidate's test rows, and promotes only a candidate at
+    least as good as the better of them."""
     models = tmp_path / "models"
     from backend.instant_rival import instant_rival_report
 
     outcome = run_training(synthetic_export(), schema, models, TINY, source="synthetic", rival=instant_rival_report)
     assert outcome.status == "trained"
     metrics = json.loads((outcome.model_dir / "metrics.json").read_text())
-    rival = metrics["instant_learner"]
+    rivals = metrics["rivals"]
     test_rows = [json.loads(line) for line in (outcome.model_dir / "test.jsonl").read_text().splitlines()]
-    assert rival["split"] == "test" and rival["n"] == len(test_rows) > 0
-    assert rival["model_version"].startswith("instant-") and 0.0 <= rival["primary"] <= 1.0
+    assert set(rivals) == {"cold_start", "instant_learner"}
+    for rival in rivals.values():
+        assert rival["split"] == "test" and rival["n"] == len(test_rows) > 0 and 0.0 <= rival["primary"] <= 1.0
+        assert set(rival["dimensions"]) <= {d.name for d in schema.dimensions} and rival["dimensions"]
+    assert rivals["instant_learner"]["model_version"].startswith("instant-")
+    assert rivals["cold_start"]["model_version"].startswith("cold-start-")
+    best = max(r["primary"] for r in rivals.values())
     candidate = metrics["test"]["primary"]
-    assert outcome.promoted is (candidate >= rival["primary"])
+    assert outcome.promoted is (candidate >= best)
     entry = Registry(models).read()["history"][-1]
     assert entry["action"] == ("promote" if outcome.promoted else "refused")
-    assert "instant learner" in entry["reason"]
-    assert entry["current_score"] == rival["primary"]  # the rival's score is recorded with the decision
+    assert "instant learner" in entry["reason"] and "cold start" in entry["reason"]
+    assert entry["current_score"] == best  # the best rival's score is recorded with the decision

@@ -128,6 +128,91 @@ def evaluate_command(
     return 0
 
 
+def cv_command(
+    data: Path,
+    *,
+    folds: int,
+    seeds: Sequence[int],
+    schema_path: Path | None = None,
+    fine_tune: bool = True,
+    rivals: Any = None,
+    json_path: Path | None = None,
+    as_json: bool = False,
+) -> int:
+    """K-fold cross-validation x seeds on labelled data: the fine-tuned model (as `train` trains it), the baselines
+    and `rivals` (a crossval.Method: the backend's cold start and instant learner) on the same folds."""
+    from annotation_config.schema import load_schema
+    from studio.source import load_export
+    from training.crossval import cross_validate, standard_methods
+    from training.data import accept, row_example
+    from training.evaluation import jsonable
+    from training.training_args import TrainingArguments
+
+    if folds < 2:
+        raise CommandError(f"--cv must be at least 2 folds (got {folds})")
+    if not seeds:
+        raise CommandError("--seeds needs at least one seed, e.g. --seeds 42,7,13")
+    schema = load_schema(schema_path)
+    items = load_export(data) if _looks_like_export(data) else _read_rows(data)
+    if items and all("data" in item for item in items):
+        accepted = accept(items, schema)
+        examples = accepted.examples
+        summary = accepted.summary()
+    else:
+        examples = [row_example(row, schema) for row in items]
+        summary = f"{len(examples)} rows"
+    if len(examples) < folds:
+        raise CommandError(f"{data}: {len(examples)} labelled examples cannot fill {folds} folds ({summary})")
+    methods = standard_methods(TrainingArguments(progress=not as_json), fine_tune=fine_tune)
+    if rivals is not None:
+        methods.insert(1, rivals)
+
+    def progress(score: Any) -> None:
+        if not as_json:
+            primary = score.report.get("primary")
+            shown = "n/a" if primary is None else f"{primary:.3f}"
+            out.print(f"  seed {score.seed} fold {score.fold}: {score.method:<26} {shown}  ({score.seconds:.1f} s)")
+
+    result = cross_validate(examples, schema, methods, folds=folds, seeds=seeds, progress=progress)
+    summary_table = result.summary()
+    figures = {
+        "data": str(data),
+        "folds": folds,
+        "seeds": list(seeds),
+        "examples": len(examples),
+        "primary_metric": "mean over dimensions of macro-F1 (choices) and partial span F1 (spans)",
+        "methods": summary_table,
+        "per_fold": [
+            {"method": s.method, "seed": s.seed, "fold": s.fold, "primary": s.report.get("primary")}
+            for s in result.scores
+        ],
+    }
+    if json_path is not None:
+        from training.registry import write_json_atomic
+
+        write_json_atomic(json_path, jsonable(figures))
+    if as_json:
+        typer.echo(json.dumps(jsonable(figures), indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{folds}-fold CV x {len(seeds)} seeds on {len(examples)} examples: mean +- sd")
+    dims = [d.name for d in schema.dimensions]
+    for column in ["method", "primary", *dims, "s / fold"]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+
+    def cell(figure: Mapping[str, Any] | None) -> str:
+        if not figure or figure.get("mean") is None:
+            return "-"
+        return f"{figure['mean']:.3f} +- {figure['sd']:.3f}"
+
+    for method, row in summary_table.items():
+        per_dim = [cell(row["dimensions"].get(name)) for name in dims]
+        table.add_row(method, cell(row), *per_dim, f"{row['seconds']:.1f}")
+    out.print(table)
+    return 0
+
+
 def models_list_command(models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = False) -> int:
     """Print every version with its status, data hash and test score."""
     from training.registry import Registry
@@ -310,6 +395,12 @@ def train(
         int | None,
         typer.Option(min=0, help="On CPU, fewer epochs (at least 1) past this many encoder tokens (0: no budget)."),
     ] = None,
+    ngram_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Weight of the n-gram heads in the served probabilities (0: the encoder alone)."
+        ),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -342,6 +433,7 @@ def train(
         "target_encoding": target_encoding,
         "probe_epochs": probe_epochs,
         "cpu_budget_tokens": cpu_budget_tokens,
+        "ngram_weight": ngram_weight,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,
@@ -375,14 +467,53 @@ def train(
 
 
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="A version, 'current', or a model folder.")],
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Label Studio JSON export, or JSON lines of dataset rows.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="A version, 'current', or a model folder (not with --cv).")
+    ] = None,
+    cv: Annotated[
+        int | None,
+        typer.Option(
+            "--cv",
+            metavar="K",
+            help="Cross-validate instead: K folds (grouped, stratified) x --seeds, the fine-tuned model and the "
+            "baselines on the same folds; mean +- sd.",
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="With --cv: comma-separated seeds (folds and training).")] = "42,7,13",
+    fine_tune: Annotated[
+        bool, typer.Option("--fine-tune/--no-fine-tune", help="With --cv: include the fine-tuned model (slow).")
+    ] = True,
     schema: SchemaOption = None,
     models: ModelsOption = DEFAULT_MODELS_DIR,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and PNG plots here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Evaluate a model on labelled data: macro-F1, stance F_avg, multi-label and span F1, calibration error."""
+    """Evaluate a model on labelled data (macro-F1, stance F_avg, multi-label and span F1, calibration error), or
+    cross-validate the training recipe on it with --cv K."""
+    if cv is not None:
+        if model is not None:
+            raise CommandError("--model and --cv do not go together: --cv trains a model per fold")
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise CommandError(f"--seeds must be comma-separated integers (got {seeds!r})") from None
+        hooks = ctx.obj if isinstance(ctx.obj, TrainingHooks) else TrainingHooks()
+        json_path = out_dir / "cv.json" if out_dir is not None else None
+        code = cv_command(
+            data,
+            folds=cv,
+            seeds=seed_list,
+            schema_path=schema,
+            fine_tune=fine_tune,
+            rivals=hooks.cv_rivals,
+            json_path=json_path,
+            as_json=as_json,
+        )
+        raise typer.Exit(code)
+    if model is None:
+        raise CommandError("give --model (a version, 'current' or a folder) to evaluate, or --cv K to cross-validate")
     raise typer.Exit(
         evaluate_command(model, data, schema_path=schema, models_dir=models, out_dir=out_dir, as_json=as_json)
     )
@@ -422,9 +553,11 @@ def models_rollback(models: ModelsOption = DEFAULT_MODELS_DIR) -> None:
 class TrainingHooks:
     """What the app that runs these commands plugs in, as its context object (`typer.Typer(context_settings=
     {"obj": TrainingHooks(...)})`): `rival`, the gate's rival for `train --instant-rival` (see
-    training.pipeline.GateRival; None: the gate compares with the promoted model only)."""
+    training.pipeline.GateRival; None: the gate compares with the promoted model only); `cv_rivals`, a
+    training.crossval.Method answering for the rungs before fine-tuning in `evaluate --cv` (None: left out)."""
 
     rival: GateRival | None = None
+    cv_rivals: Any = None
 
 
 def register(app: typer.Typer) -> None:

@@ -314,6 +314,23 @@ def _fold_count(ratios: Sequence[float], n_groups: int) -> int:
     return max(2, min(n_groups, round(1 / smallest)))
 
 
+def stratum(example: Example, schema: Schema) -> str:
+    """What splits keep in proportion: the first single-choice dimension the example answers, with its answer.
+
+    Per-target schemas answer one target's question per row (SemEval-2016): that question and its answer.
+    """
+    for dim in schema.of_kind("single"):
+        if example.labels.get(dim.name) is not None:
+            return f"{dim.name}={example.labels[dim.name]}"
+    return "unanswered"
+
+
+def assign_folds(examples: Sequence[Example], schema: Schema, folds: int, seed: int) -> list[int]:
+    """Fold index (0..folds-1) per example: grouped by `group_of`, stratified by `stratum`, seeded."""
+    groups = [group_of(e, schema) for e in examples]
+    return _assign_folds(examples, groups, schema, folds, seed)
+
+
 def _assign_folds(
     examples: Sequence[Example], groups: Sequence[str], schema: Schema, folds: int, seed: int
 ) -> list[int]:
@@ -321,8 +338,7 @@ def _assign_folds(
     import numpy as np
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    single = schema.of_kind("single")
-    strata = [str(e.labels.get(single[0].name, "\x00missing")) if single else "all" for e in examples]
+    strata = [stratum(e, schema) for e in examples]
     index = np.arange(len(examples))
     assignment = np.zeros(len(examples), dtype=int)
     with warnings.catch_warnings():

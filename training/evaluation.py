@@ -178,6 +178,10 @@ def evaluate_outputs(
     if stance_gold:
         per_pole = _per_label(stance_gold, stance_pred, STANCE_POLES)
         report["stance_f_avg"] = float(np.mean([per_pole[pole]["f1"] for pole in STANCE_POLES]))
+        labels = sorted(set(stance_gold) | set(stance_pred))
+        report["stance_macro_f1"] = float(
+            np.mean([v["f1"] for v in _per_label(stance_gold, stance_pred, labels).values()])
+        )
     report["primary"] = primary_score(report)
     return report
 
@@ -238,7 +242,7 @@ def evaluate_model(model_dir: str | Path, examples: Sequence[Any], predictor: An
     if not records:
         return {"n": 0, "primary_metric": PRIMARY, "dimensions": {}, "primary": None}
     raw = predictor.outputs(records)
-    probs = raw.probabilities(predictor.dimensions, predictor.temperatures)
+    probs = predictor.probabilities(raw, records)
     uncalibrated = raw.probabilities(predictor.dimensions)
     report = evaluate_outputs(predictor.dimensions, rows, probs, raw.spans, uncalibrated)
     report["model_version"] = predictor.model_version

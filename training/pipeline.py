@@ -21,10 +21,12 @@ from training.training_args import TrainingArguments
 log = logging.getLogger(__name__)
 
 
-# The rung that serves before any fine-tuned model, scored on a candidate's rows: (schema, train rows, test rows) ->
-# {"split", "n", "primary", "model_version"}, or None when not comparable. training knows no rung but its own, so
-# the backend passes its instant learner in (backend/instant_rival.py).
-GateRival = Callable[[Schema, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], dict[str, Any] | None]
+# The rungs that serve before any fine-tuned model, scored on a candidate's rows: (schema, train rows, test rows) ->
+# {rung name: {"split", "n", "primary", "dimensions", "model_version"}}, or None when not comparable. training knows
+# no rung but its own, so the backend passes its cold start and instant learner in (backend/instant_rival.py).
+GateRival = Callable[
+    [Schema, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], dict[str, dict[str, Any]] | None
+]
 
 
 class NoAcceptedData(WorkbenchError, ValueError):
@@ -153,17 +155,26 @@ def run_training(
     timings["calibrate_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    metrics = _evaluate(config.dimensions, outputs, temperatures)
+    ngram = None
+    if args.ngram_weight > 0:
+        from training.ngram import NgramModel
+
+        ngram = NgramModel.fit(config.dimensions, list(dataset["train"]), weight=args.ngram_weight)
+    timings["ngram_seconds"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
-    # Nothing fine-tuned serves yet, so the instant learner does: the candidate must beat it on the same rows.
+    # Nothing fine-tuned serves yet, so the cold start or the instant learner does: the candidate must beat both on
+    # the same rows.
     if promote and rival is not None and not force and _nothing_promoted(registry) and outputs["test"][0]:
         mark = time.perf_counter()
         train_rows = [*dataset["train"], *dataset["validation"]]
         try:
-            metrics["instant_learner"] = rival(schema, train_rows, outputs["test"][0])
-        except Exception as error:  # the rival is a safeguard: without it the usual gate still applies
-            log.warning("could not score the instant learner for the gate: %s", error)
+            metrics["rivals"] = rival(schema, train_rows, outputs["test"][0])
+        except Exception as error:  # the rivals are a safeguard: without them the usual gate still applies
+            log.warning("could not score the cold start and instant learner for the gate: %s", error)
         timings["instant_rival_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -176,6 +187,10 @@ def run_training(
             tokenizer.save_pretrained(folder)
         (folder / "label_maps.json").write_text(json.dumps(config.label_maps(), indent=2) + "\n")
         save_calibration(temperatures, folder / "calibration.json")
+        if ngram is not None:
+            from training.ngram import NGRAM_FILE
+
+            ngram.save(folder / NGRAM_FILE)
         save_report(metrics["test"], folder, name="report.json", plots=True)
         (folder / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         for name in ("validation", "test"):
@@ -267,9 +282,13 @@ def _fit_temperatures(
 
 
 def _evaluate(
-    dimensions: list[dict[str, Any]], outputs: Mapping[str, tuple[list[dict[str, Any]], Any]], temperatures: dict
+    dimensions: list[dict[str, Any]],
+    outputs: Mapping[str, tuple[list[dict[str, Any]], Any]],
+    temperatures: dict,
+    ngram: Any = None,
 ) -> dict[str, Any]:
-    """Metrics per split, on calibrated scores (and on uncalibrated ones, which the report compares them with)."""
+    """Metrics per split, on the served scores (calibrated, blended with the n-gram heads), and on uncalibrated
+    encoder scores, which the report compares them with; "<split>_encoder": the encoder alone, calibrated."""
     from training.evaluation import evaluate_outputs
 
     metrics: dict[str, Any] = {}
@@ -277,9 +296,12 @@ def _evaluate(
         if out is None:
             metrics[name] = {"n": 0, "dimensions": {}, "primary": None}
             continue
-        probs = out.probabilities(dimensions, temperatures)
+        encoder = out.probabilities(dimensions, temperatures)
         raw = out.probabilities(dimensions)
-        metrics[name] = evaluate_outputs(dimensions, rows, probs, out.spans, raw)
+        served = ngram.blend(encoder, rows) if ngram is not None else encoder
+        metrics[name] = evaluate_outputs(dimensions, rows, served, out.spans, raw)
+        if ngram is not None:
+            metrics[f"{name}_encoder"] = {"primary": evaluate_outputs(dimensions, rows, encoder, out.spans)["primary"]}
     return metrics
 
 

@@ -202,6 +202,10 @@ class TrainedPredictor:
         self.model.eval()
         self.config = self.model.config
         self.temperatures = load_calibration(self.model_dir / "calibration.json")
+        from training.ngram import NGRAM_FILE, NgramModel
+
+        ngram_path = self.model_dir / NGRAM_FILE
+        self.ngram = NgramModel.load(ngram_path) if ngram_path.exists() else None  # models before 2026-12-02: none
         self.batch_size = batch_size
         self._lock = threading.Lock()  # one inference at a time: fast tokenizers are not safe across threads
 
@@ -215,12 +219,17 @@ class TrainedPredictor:
         with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
             return on_torch_thread(run_model, self.model, self.tokenizer, tasks, self.batch_size)
 
+    def probabilities(self, raw: ModelOutputs, tasks: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The served probabilities of `raw` (the outputs for `tasks`): calibrated, blended with the n-gram heads."""
+        probs = raw.probabilities(self.dimensions, self.temperatures)
+        return self.ngram.blend(probs, tasks) if self.ngram is not None else probs
+
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """One Prediction per task `data` dict, in order: calibrated labels and scores for every dimension."""
         if not tasks:
             return []
         raw = self.outputs(tasks)
-        probs = raw.probabilities(self.dimensions, self.temperatures)
+        probs = self.probabilities(raw, tasks)
         return [self._prediction(i, probs, raw) for i in range(len(tasks))]
 
     def _prediction(self, i: int, probs: Mapping[str, np.ndarray], raw: ModelOutputs) -> Prediction:

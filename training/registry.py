@@ -55,6 +55,17 @@ GATE_SPLITS = ("test", "validation")  # the candidate's held-out rows the gate c
 Evaluator = Callable[[Path, Sequence[Mapping[str, Any]]], Mapping[str, Any]]
 
 
+def _worse_dimensions(report: Mapping[str, Any], rival: Mapping[str, float]) -> str:
+    """ "frames 0.48 < 0.61, ..." for the dimensions where the candidate's macro-F1 is below the rival's."""
+    worse = []
+    for name, theirs in rival.items():
+        d = (report.get("dimensions") or {}).get(name) or {}
+        mine = d.get("macro_f1", (d.get("partial") or {}).get("f1"))
+        if mine is not None and theirs is not None and mine < theirs:
+            worse.append(f"{name} {mine:.2f} < {theirs:.2f}")
+    return ", ".join(worse)
+
+
 class RegistryError(WorkbenchError, ValueError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to, ...)."""
 
@@ -439,22 +450,33 @@ class Registry:
         return PromotionResult(False, version, current, reason, candidate_score, current_score, split)
 
     def _against_instant_learner(self, version: str, force: bool) -> PromotionResult:
-        """The first fine-tuned model replaces the instant learner only if it scores at least as well on the same
-        held-out rows (metrics.json's "instant_learner", written by the training run)."""
+        """The first fine-tuned model replaces what serves before it (the cold start, then the instant learner) only
+        if it scores at least as well as each on the same held-out rows (metrics.json's "rivals", written by the
+        training run; "instant_learner" in models from before 2026-12-02)."""
         metrics = self.metrics(version)
-        rival = metrics.get("instant_learner") or {}
-        rival_score, split = rival.get("primary"), rival.get("split", "test")
+        rivals = metrics.get("rivals") or {}
+        if not rivals and metrics.get("instant_learner"):
+            rivals = {"instant_learner": metrics["instant_learner"]}
+        scored = {name: r for name, r in rivals.items() if r and r.get("primary") is not None}
+        if not scored:
+            return PromotionResult(True, version, None, "first promoted model", metrics.get("test", {}).get("primary"))
+        name, best = max(scored.items(), key=lambda item: item[1]["primary"])
+        rival_score, split = best["primary"], best.get("split", "test")
         candidate_score = (metrics.get(split) or {}).get("primary")
-        if force or rival_score is None or candidate_score is None:
+        if force or candidate_score is None:
             return PromotionResult(True, version, None, "first promoted model", candidate_score, rival_score, split)
-        where = f"on the candidate's {split} split (n={rival.get('n')})"
+        where = f"on the candidate's {split} split (n={best.get('n')})"
+        shown = {"cold_start": "the cold start", "instant_learner": "the instant learner"}
+        others = ", ".join(f"{shown.get(n, n)} {r['primary']:.4f}" for n, r in scored.items())
         if candidate_score >= rival_score:
-            reason = f"first promoted model; beats the instant learner: {candidate_score:.4f} vs {rival_score:.4f}"
-            reason += f" {where}"
+            reason = f"first promoted model; beats what serves before it: {candidate_score:.4f} vs {others} {where}"
             return PromotionResult(True, version, None, reason, candidate_score, rival_score, split)
+        worse = _worse_dimensions(metrics.get(split) or {}, best.get("dimensions") or {})
         reason = (
-            f"worse than the instant learner that serves now: {candidate_score:.4f} < {rival_score:.4f} "
-            f"(mean macro-F1) {where}; it keeps serving (use --force to promote anyway)"
+            f"worse than {shown.get(name, name)}, which keeps serving: {candidate_score:.4f} < {rival_score:.4f} "
+            f"(mean macro-F1; {others}) {where}"
+            + (f"; worse on {worse}" if worse else "")
+            + "; use --force to promote anyway"
         )
         return PromotionResult(False, version, None, reason, candidate_score, rival_score, split)
 

@@ -239,6 +239,17 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
     probe_heads(model, train_rows, train_items, collator, args, device)
     phases["probe"] = time.perf_counter() - mark
 
+    if epochs <= 0 and args.max_steps <= 0:  # the heads on the frozen encoder: no fine-tuning
+        model.to(device).eval()
+        return TrainResult(
+            model=model,
+            tokenizer=tokenizer,
+            seconds=time.perf_counter() - started,
+            phases=phases,
+            device=device,
+            settings=settings,
+        )
+
     precision = args.resolved_precision()
     has_val = bool(val_items) and args.early_stopping_patience >= 0
     with tempfile.TemporaryDirectory(prefix="workbench-train-") as scratch:
@@ -368,7 +379,7 @@ def budgeted_epochs(
 
     Deterministic: it depends on the data and the encoder's size, not on a clock, so a seeded run repeats.
     """
-    if args.max_steps > 0 or args.cpu_budget_tokens <= 0 or not device.startswith("cpu"):
+    if args.max_steps > 0 or args.epochs <= 0 or args.cpu_budget_tokens <= 0 or not device.startswith("cpu"):
         return args.epochs
     encoder = config.encoder_config
     scale = encoder.get("num_hidden_layers", _BUDGET_LAYERS) * encoder.get("hidden_size", _BUDGET_WIDTH) ** 2

@@ -46,6 +46,9 @@ class TrainingArguments:
     # budget, counted at all-MiniLM-L6-v2's cost per token (scaled by layers x hidden size^2 for other encoders; about
     # 1,500 tokens a second on 2 cores). 0: no budget.
     cpu_budget_tokens: int = 200_000
+    # The served probabilities per choice dimension: (1 - w) x the encoder's + w x an n-gram logistic head's, both
+    # fitted on the training rows (training/ngram.py). 0: the encoder alone.
+    ngram_weight: float = 0.5
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
@@ -53,8 +56,10 @@ class TrainingArguments:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.epochs <= 0 and self.max_steps <= 0:
-            problems.append(f"epochs must be > 0 (got {self.epochs})")
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0 (got {self.epochs})")
+        if self.epochs == 0 and self.max_steps <= 0 and self.probe_epochs <= 0:
+            problems.append("epochs 0 (no fine-tuning) needs probe-epochs > 0: the heads must learn somewhere")
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
@@ -75,6 +80,8 @@ class TrainingArguments:
         for name in ("probe_epochs", "cpu_budget_tokens"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.ngram_weight <= 1.0:
+            problems.append(f"ngram-weight must be between 0 and 1 (got {self.ngram_weight})")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if problems:

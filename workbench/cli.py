@@ -24,11 +24,18 @@ def _instant_rival(*args):
     return instant_rival_report(*args)
 
 
+def _rung_answers(*args):
+    """The cold start and instant learner as rivals in `workbench evaluate --cv` (imported only when run)."""
+    from backend.instant_rival import rung_answers
+
+    return rung_answers(*args)
+
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Annotate stance and framing in news text in Label Studio, with a model in the loop.",
     pretty_exceptions_enable=False,
-    context_settings={"obj": training_cli.TrainingHooks(rival=_instant_rival)},
+    context_settings={"obj": training_cli.TrainingHooks(rival=_instant_rival, cv_rivals=_rung_answers)},
 )
 config_app = typer.Typer(no_args_is_help=True, help="The Label Studio labeling config generated from the schema.")
 data_app = typer.Typer(no_args_is_help=True, help="The sample corpus of paragraph tasks.")

@@ -1,0 +1,174 @@
+"""The model-quality pieces: n-gram heads, their blend into a trained model, cross-validation and its baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from annotation_config.schema import Schema
+from training.baselines import majority, ngram_svm
+from training.crossval import as_tasks, cross_validate, mean_sd, score_split
+from training.data import Example, accept, assign_folds, group_of
+from training.ngram import NGRAM_FILE, NgramModel
+from training.predict import TrainedPredictor
+
+SINGLE = {"name": "stance", "kind": "single", "field": "text", "labels": ["favor", "against", "none"]}
+MULTI = {"name": "frames", "kind": "multi", "field": "text", "labels": ["economy", "security", "never"]}
+ROWS = [
+    {"text": "we love the plan, great news", "stance": "favor", "frames": ["economy"]},
+    {"text": "great plan, we support it", "stance": "favor", "frames": ["economy"]},
+    {"text": "shame on this plan, stop it", "stance": "against", "frames": ["security"]},
+    {"text": "stop the plan, a disgrace", "stance": "against", "frames": ["security"]},
+    {"text": "the plan was announced today", "stance": "none", "frames": []},
+    {"text": "officials announced it today", "stance": "none", "frames": ["economy", "security"]},
+    {"text": "unlabelled for stance", "stance": None, "frames": None},
+]
+
+
+def test_ngram_heads_learn_words_and_survive_a_save_and_load_unchanged(tmp_path):
+    model = NgramModel.fit([SINGLE, MULTI], ROWS, weight=0.5)
+    records = [{"text": "we support and love it"}, {"text": "stop this disgrace"}, {"text": "zzz qqq"}]
+    probs = model.proba(records)
+    stance = probs["stance"]
+    assert stance.shape == (3, 3) and np.allclose(stance.sum(axis=1), 1.0)
+    assert stance[0].argmax() == 0 and stance[1].argmax() == 1  # favor, against
+    frames = probs["frames"]
+    assert frames[:, 2].tolist() == [0.0, 0.0, 0.0]  # never ticked: its prior, 0
+    model.save(tmp_path / NGRAM_FILE)
+    loaded = NgramModel.load(tmp_path / NGRAM_FILE)
+    assert loaded.weight == 0.5
+    for name, p in loaded.proba(records).items():
+        np.testing.assert_allclose(p, probs[name], rtol=1e-5, atol=1e-6)
+
+
+def test_unseen_ngrams_are_dropped_as_a_vocabulary_would():
+    model = NgramModel.fit([SINGLE], ROWS)
+    features = model.features["text"]
+    assert features.transform(["zzzz qqqq"]).nnz == 0
+    assert features.transform(["great plan"]).nnz > 0
+
+
+def test_the_blend_weighs_the_heads_and_leaves_other_dimensions_alone():
+    model = NgramModel.fit([SINGLE], ROWS, weight=0.25)
+    records = [{"text": "we love it"}]
+    encoder = {"stance": np.array([[0.0, 0.0, 1.0]]), "other": np.array([[1.0, 0.0]])}
+    blended = model.blend(encoder, records)
+    heads = model.proba(records)["stance"]
+    np.testing.assert_allclose(blended["stance"], 0.75 * encoder["stance"] + 0.25 * heads)
+    assert blended["other"] is encoder["other"]
+    model.weight = 0.0
+    assert model.blend(encoder, records)["stance"] is encoder["stance"]
+
+
+def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: Schema, tmp_path):
+    from tests.test_training_pipeline import TINY, synthetic_export
+    from training.pipeline import run_training
+
+    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", TINY, source="synthetic")
+    assert (outcome.model_dir / NGRAM_FILE).exists()
+    assert "test_encoder" in outcome.metrics and "primary" in outcome.metrics["test_encoder"]
+    predictor = TrainedPredictor(outcome.model_dir)
+    assert predictor.ngram is not None and predictor.ngram.weight == TINY.ngram_weight
+    records = [{"text": "Moscow calls the warnings Western propaganda and hype.", "article_id": "x"}]
+    raw = predictor.outputs(records)
+    served = predictor.probabilities(raw, records)
+    alone = raw.probabilities(predictor.dimensions, predictor.temperatures)
+    name = "threat_characterization"
+    expected = (1 - TINY.ngram_weight) * alone[name] + TINY.ngram_weight * predictor.ngram.proba(records)[name]
+    np.testing.assert_allclose(served[name], expected)
+    assert not np.allclose(served[name], alone[name])
+
+
+def _examples(schema: Schema, n: int = 24) -> list[Example]:
+    from tests.test_training_pipeline import synthetic_export
+
+    return accept(synthetic_export(n), schema).examples
+
+
+def test_folds_keep_groups_whole_and_hold_every_example_out_once_per_seed(schema: Schema):
+    examples = _examples(schema)
+    for seed in (1, 2):
+        folds = assign_folds(examples, schema, 3, seed)
+        assert sorted(set(folds)) == [0, 1, 2]
+        by_group: dict[str, set[int]] = {}
+        for example, fold in zip(examples, folds, strict=True):
+            by_group.setdefault(group_of(example, schema), set()).add(fold)
+        assert all(len(f) == 1 for f in by_group.values())  # an article never straddles two folds
+    runs = cross_validate(examples, schema, [majority], folds=3, seeds=(1, 2))
+    assert [(s.seed, s.fold) for s in runs.scores] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    for seed in (1, 2):
+        assert sum(s.n_test for s in runs.scores if s.seed == seed) == len(examples)
+    summary = runs.summary()["majority"]
+    assert summary["n"] == 6 and summary["mean"] == pytest.approx(np.mean([s.report["primary"] for s in runs.scores]))
+
+
+def test_majority_and_svm_baselines_answer_what_they_learnt(schema: Schema):
+    examples = [e for e in _examples(schema) if "threat_characterization" in e.labels]
+    train, test = examples[:13], examples[13:]  # the first sentence's label 4 times, the others 3
+    (answers,) = majority(schema, train, test, 0).values()
+    most = "manufactured"
+    assert all(a.labels["threat_characterization"] == most for a in answers)
+    (svm,) = ngram_svm(schema, train, test, 0).values()
+    # each synthetic sentence is repeated, so the SVM recalls its label exactly
+    assert [a.labels["threat_characterization"] for a in svm] == [e.labels["threat_characterization"] for e in test]
+    split = score_split(train, test, schema, [ngram_svm], seeds=(3,))
+    assert split.summary()["n-gram SVM"]["dimensions"]["threat_characterization"]["mean"] == 1.0
+
+
+def test_as_tasks_round_trips_through_acceptance(schema: Schema):
+    examples = _examples(schema, 8)
+    again = accept(as_tasks(examples, schema), schema).examples
+    assert [(e.key, e.labels) for e in again] == [(e.key, e.labels) for e in examples]
+
+
+def test_mean_sd():
+    assert mean_sd([]) == {"mean": None, "sd": None, "n": 0}
+    assert mean_sd([0.5]) == {"mean": 0.5, "sd": 0.0, "n": 1}
+    assert mean_sd([0.4, 0.6])["sd"] == pytest.approx(0.1414213, rel=1e-5)
+
+
+def test_workbench_evaluate_cv_scores_the_rungs_and_baselines_on_the_same_folds(schema: Schema, tmp_path):
+    """The command a user runs: `workbench evaluate --cv K --no-fine-tune` (the fine-tuned path is the pipeline,
+    tested elsewhere), with the cold start and instant learner from the backend."""
+    from tests.test_training_pipeline import synthetic_export
+    from workbench.cli import app
+
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(synthetic_export(24)))
+    runner = CliRunner()
+    done = runner.invoke(
+        app, ["evaluate", "--data", str(export), "--cv", "3", "--seeds", "1", "--no-fine-tune", "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    figures = json.loads(done.output[done.output.index("{") :])
+    assert set(figures["methods"]) == {"majority", "cold start", "instant learner", "n-gram SVM", "frozen-encoder LR"}
+    assert {(f["seed"], f["fold"]) for f in figures["per_fold"]} == {(1, 0), (1, 1), (1, 2)}
+    for method in figures["methods"].values():
+        assert method["n"] == 3 and 0.0 <= method["mean"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cv", "1"], "--cv must be at least 2 folds"),
+        (["--cv", "3", "--model", "current"], "--model and --cv do not go together"),
+        ([], "give --model"),
+        (["--cv", "3", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
+        (["--cv", "30"], "cannot fill 30 folds"),
+    ],
+)
+def test_workbench_evaluate_cv_refuses_bad_options_in_one_line(schema: Schema, tmp_path, args, message):
+    import subprocess
+    import sys
+
+    from tests.test_training_pipeline import synthetic_export
+
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(synthetic_export(12)))
+    command = [sys.executable, "-m", "workbench", "evaluate", "--data", str(export), "--no-fine-tune", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr

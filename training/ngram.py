@@ -1,0 +1,249 @@
+"""The n-gram companion of a trained model: TF-IDF word and character n-grams -> class-balanced logistic heads.
+
+A linear model on sparse n-grams is the strong baseline of stance and framing work (the SemEval-2016 organisers'
+SVM beat most neural systems), and it errs differently from a sentence encoder: it reads names, hashtags and
+slogans literally. So every trained model carries one head per choice dimension on these features, fitted in
+seconds on the same training rows, and its probabilities are averaged with the encoder's (`blend`). On SemEval-2016
+5-fold CV x 3 seeds the average gained 3-4 points of F_avg over either part (BENCHMARKS.md, "Model quality").
+
+Features: word 1-2-grams and character 2-5-grams within word boundaries, lower-cased, sublinear TF, IDF from the
+training texts, each block L2-normalised (scikit-learn's TfidfVectorizer, hashed: HashingVectorizer keeps no
+vocabulary, so the fitted state is a few arrays). Only the columns seen in training are kept; unseen n-grams are
+dropped at prediction time, as a vocabulary would. Saved as plain arrays in `ngram.npz` (no pickle: a model folder
+is data, never code).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NGRAM_FILE = "ngram.npz"
+N_FEATURES = 2**20  # hash space per block: few collisions at the vocabulary sizes of a project
+BLOCKS = (("word", (1, 2)), ("char_wb", (2, 5)))
+C_SINGLE = 10.0  # inverse L2 strength, chosen on SemEval-2016 CV (bench/train_semeval2016.py --cv)
+C_MULTI = 10.0
+MIN_ROWS = 2  # a head needs this many labelled rows, with at least two classes
+
+
+def _vectorizers() -> list[Any]:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return [
+        HashingVectorizer(analyzer=analyzer, ngram_range=ngrams, n_features=N_FEATURES, alternate_sign=False, norm=None)
+        for analyzer, ngrams in BLOCKS
+    ]
+
+
+@dataclass(frozen=True)
+class NgramFeatures:
+    """The fitted TF-IDF transform of one text field: kept hashed columns per block and their IDF weights."""
+
+    columns: tuple[np.ndarray, ...]  # per block: sorted hash indices seen in training
+    idf: tuple[np.ndarray, ...]  # per block: IDF of those columns
+
+    @classmethod
+    def fit(cls, texts: Sequence[str]) -> NgramFeatures:
+        """IDF (scikit-learn's smooth form) over the columns that occur in `texts`."""
+        columns, idf = [], []
+        n = len(texts)
+        for vectorizer in _vectorizers():
+            counts = vectorizer.transform(texts).tocsc()
+            df = np.diff(counts.indptr)
+            seen = np.flatnonzero(df)
+            columns.append(seen.astype(np.int64))
+            idf.append((np.log((1.0 + n) / (1.0 + df[seen])) + 1.0).astype(np.float32))
+        return cls(tuple(columns), tuple(idf))
+
+    @property
+    def width(self) -> int:
+        """The number of feature columns."""
+        return int(sum(len(c) for c in self.columns))
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """A CSR matrix [len(texts), width]: sublinear TF x IDF, each block L2-normalised."""
+        from scipy import sparse
+        from sklearn.preprocessing import normalize
+
+        blocks = []
+        for vectorizer, columns, idf in zip(_vectorizers(), self.columns, self.idf, strict=True):
+            counts = vectorizer.transform(texts).tocsc()[:, columns].tocsr().astype(np.float64)
+            counts.data = np.log1p(counts.data)
+            blocks.append(normalize(counts.multiply(idf.astype(np.float64)).tocsr()))
+        return sparse.hstack(blocks, format="csr")
+
+
+@dataclass(frozen=True)
+class NgramHead:
+    """A fitted linear head of one dimension: softmax (single) or one sigmoid per label (multi)."""
+
+    name: str
+    kind: str  # "single" | "multi"
+    field: str
+    labels: tuple[str, ...]  # the dimension's labels, in the model's order
+    coef: np.ndarray  # [labels, width]
+    intercept: np.ndarray  # [labels]
+    fitted: np.ndarray  # [labels] bool: False where no head could learn the label (its score is the prior)
+    prior: np.ndarray  # [labels] share of training rows with the label
+
+    def proba(self, x: Any) -> np.ndarray:
+        """Probabilities [rows, labels] for a feature matrix."""
+        z = np.asarray(x @ self.coef.T, dtype=np.float64) + self.intercept
+        if self.kind == "single":
+            z[:, ~self.fitted] = -np.inf
+            z -= z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        return np.where(self.fitted, p, self.prior)
+
+
+class NgramModel:
+    """N-gram heads for the choice dimensions of a model, one feature transform per text field."""
+
+    def __init__(
+        self, features: Mapping[str, NgramFeatures], heads: Mapping[str, NgramHead], weight: float = 0.5
+    ) -> None:
+        self.features = dict(features)
+        self.heads = dict(heads)
+        self.weight = weight  # of the n-gram probabilities in `blend`
+
+    @classmethod
+    def fit(
+        cls, dimensions: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], weight: float = 0.5
+    ) -> NgramModel:
+        """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension."""
+        dims = [d for d in dimensions if d["kind"] in ("single", "multi")]
+        features: dict[str, NgramFeatures] = {}
+        heads: dict[str, NgramHead] = {}
+        for field in sorted({d["field"] for d in dims}):
+            texts = [str(row.get(field) or "") for row in rows]
+            if not any(texts):
+                continue
+            features[field] = NgramFeatures.fit(texts)
+        matrices = {field: f.transform([str(row.get(field) or "") for row in rows]) for field, f in features.items()}
+        for dim in dims:
+            if dim["field"] not in features:
+                continue
+            have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
+            if len(have) < MIN_ROWS:
+                continue
+            x = matrices[dim["field"]][have]
+            answers = [rows[i][dim["name"]] for i in have]
+            head = _fit_single(dim, x, answers) if dim["kind"] == "single" else _fit_multi(dim, x, answers)
+            if head is not None:
+                heads[dim["name"]] = head
+        return cls(features, heads, weight)
+
+    def proba(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Probabilities per fitted head for task `data` dicts."""
+        matrices = {
+            field: f.transform([str(r.get(field) or "") for r in records]) for field, f in self.features.items()
+        }
+        return {name: head.proba(matrices[head.field]) for name, head in self.heads.items()}
+
+    def save(self, path: str | Path) -> None:
+        """Write every array to one .npz file (and the head descriptions as JSON inside it)."""
+        arrays: dict[str, np.ndarray] = {}
+        fields = sorted(self.features)
+        for i, field in enumerate(fields):
+            fitted = self.features[field]
+            for b, (columns, idf) in enumerate(zip(fitted.columns, fitted.idf, strict=True)):
+                arrays[f"f{i}_b{b}_columns"], arrays[f"f{i}_b{b}_idf"] = columns, idf
+        heads = []
+        for j, head in enumerate(self.heads.values()):
+            heads.append({"name": head.name, "kind": head.kind, "field": head.field, "labels": list(head.labels)})
+            arrays[f"h{j}_coef"] = head.coef.astype(np.float32)
+            arrays[f"h{j}_intercept"], arrays[f"h{j}_fitted"] = head.intercept, head.fitted
+            arrays[f"h{j}_prior"] = head.prior
+        meta = {
+            "fields": fields,
+            "blocks": len(BLOCKS),
+            "heads": heads,
+            "n_features": N_FEATURES,
+            "weight": self.weight,
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NgramModel:
+        """Read a model written by `save` (allow_pickle stays off)."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            features = {
+                field: NgramFeatures(
+                    tuple(data[f"f{i}_b{b}_columns"] for b in range(meta["blocks"])),
+                    tuple(data[f"f{i}_b{b}_idf"] for b in range(meta["blocks"])),
+                )
+                for i, field in enumerate(meta["fields"])
+            }
+            heads = {
+                h["name"]: NgramHead(
+                    h["name"],
+                    h["kind"],
+                    h["field"],
+                    tuple(h["labels"]),
+                    data[f"h{j}_coef"].astype(np.float64),
+                    data[f"h{j}_intercept"],
+                    data[f"h{j}_fitted"],
+                    data[f"h{j}_prior"],
+                )
+                for j, h in enumerate(meta["heads"])
+            }
+        return cls(features, heads, float(meta["weight"]))
+
+    def blend(
+        self, model_probs: Mapping[str, np.ndarray], records: Sequence[Mapping[str, Any]]
+    ) -> dict[str, np.ndarray]:
+        """Per choice dimension with an n-gram head: (1 - weight) x the model's + weight x the head's probabilities."""
+        out = dict(model_probs)
+        if self.weight <= 0 or not records:
+            return out
+        for name, p in self.proba(records).items():
+            if name in out:
+                out[name] = (1.0 - self.weight) * np.asarray(out[name], dtype=np.float64) + self.weight * p
+        return out
+
+
+def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str]) -> NgramHead | None:
+    from sklearn.linear_model import LogisticRegression
+
+    labels = list(dim["labels"])
+    seen = sorted({labels.index(a) for a in answers})
+    if len(seen) < 2:
+        return None
+    y = np.array([labels.index(a) for a in answers])
+    model = LogisticRegression(C=C_SINGLE, class_weight="balanced", max_iter=2000).fit(x, y)
+    coef = np.zeros((len(labels), x.shape[1]))
+    intercept = np.zeros(len(labels))
+    if len(seen) == 2:  # scikit-learn keeps one row for two classes: the positive one is classes_[1]
+        coef[seen[1]], intercept[seen[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        coef[seen], intercept[seen] = model.coef_, model.intercept_
+    fitted = np.isin(np.arange(len(labels)), seen)
+    prior = np.bincount(y, minlength=len(labels)) / len(y)
+    return NgramHead(dim["name"], "single", dim["field"], tuple(labels), coef, intercept, fitted, prior)
+
+
+def _fit_multi(dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]]) -> NgramHead | None:
+    from sklearn.linear_model import LogisticRegression
+
+    labels = list(dim["labels"])
+    y = np.array([[label in answer for label in labels] for answer in answers], dtype=int)
+    coef = np.zeros((len(labels), x.shape[1]))
+    intercept = np.zeros(len(labels))
+    fitted = np.zeros(len(labels), dtype=bool)
+    for j in range(len(labels)):
+        if 0 < y[:, j].sum() < len(y):
+            model = LogisticRegression(C=C_MULTI, class_weight="balanced", max_iter=2000).fit(x, y[:, j])
+            coef[j], intercept[j], fitted[j] = model.coef_[0], model.intercept_[0], True
+    if not fitted.any():
+        return None
+    return NgramHead(dim["name"], "multi", dim["field"], tuple(labels), coef, intercept, fitted, y.mean(axis=0))
