@@ -172,3 +172,29 @@ def test_workbench_evaluate_cv_refuses_bad_options_in_one_line(schema: Schema, t
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_epochs_zero_serves_the_heads_fitted_on_the_frozen_encoder(schema: Schema, tmp_path):
+    """`--epochs 0`: no fine-tuning; the saved encoder is the pretrained one, the heads are the probe's."""
+    from dataclasses import replace
+
+    import torch
+
+    from tests.test_training_pipeline import TINY, synthetic_export
+    from training.pipeline import run_training
+    from training.training_args import TrainingArguments
+
+    outcome = run_training(synthetic_export(16), schema, tmp_path / "m", replace(TINY, epochs=0), source="synthetic")
+    manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
+    assert manifest["chosen"]["epochs"] == 0 and outcome.timings["steps"] == 0
+    served = TrainedPredictor(outcome.model_dir)
+    from training.modeling import MultiHeadModel
+
+    fresh = MultiHeadModel.with_encoder(served.config, TINY.encoder)
+    pretrained = fresh.encoder.state_dict()
+    for name, mine in served.model.encoder.state_dict().items():
+        assert torch.equal(mine.cpu(), pretrained[name].cpu()), name
+    (prediction,) = served.predict([synthetic_export(1)[0]["data"]])
+    assert prediction.labels["threat_characterization"] in schema.dimension("threat_characterization").values
+    with pytest.raises(ValueError, match="needs probe-epochs > 0"):
+        TrainingArguments(epochs=0, probe_epochs=0)
