@@ -369,7 +369,10 @@ def train(
     ] = 0,
     job_token: Annotated[Path | None, typer.Option("--job-token", envvar=JOB_TOKEN_ENV, hidden=True)] = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder folder or Hub name (default: all-MiniLM-L6-v2).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Most training epochs (early stopping may end sooner).")] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Most fine-tuning epochs (early stopping may end sooner); 0: heads on the frozen encoder."),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate.")] = None,
