@@ -17,7 +17,7 @@ from typing import Any
 from annotation_config.regions import labels_to_results
 from annotation_config.schema import Schema
 from training.data import row_example
-from training.evaluation import evaluate_predictions
+from training.evaluation import dimension_score, evaluate_predictions
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ def _fit_rungs(schema: Schema, train: Sequence[Any]) -> tuple[Any, Any]:
 
 def _report(schema: Schema, examples: Sequence[Any], predictions: Sequence[Any], version: str, split: str) -> dict:
     report = evaluate_predictions(schema, [e.labels for e in examples], predictions)
-    dimensions = {
-        name: d.get("macro_f1", (d.get("partial") or {}).get("f1"))
-        for name, d in report["dimensions"].items()
-        if d.get("n")
-    }
+    dimensions = {name: dimension_score(d) for name, d in report["dimensions"].items() if d.get("n")}
     return {
         "split": split,
         "n": len(examples),

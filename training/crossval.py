@@ -21,7 +21,7 @@ from typing import Any
 from annotation_config.regions import labels_to_results
 from annotation_config.schema import Schema
 from training.data import Example, assign_folds
-from training.evaluation import evaluate_predictions
+from training.evaluation import dimension_score, evaluate_predictions
 from training.training_args import TrainingArguments
 
 # (schema, training examples, held-out examples, seed) -> {method name: one Prediction per held-out example}. One
@@ -67,8 +67,8 @@ class CrossValidation:
             dims: dict[str, list[float]] = {}
             for s in mine:
                 for name, d in s.report.get("dimensions", {}).items():
-                    value = d.get("macro_f1", (d.get("partial") or {}).get("f1"))
-                    if d.get("n") and value is not None:
+                    value = dimension_score(d)
+                    if value is not None:
                         dims.setdefault(name, []).append(value)
             out[method] = {
                 **mean_sd(values),
@@ -187,10 +187,12 @@ def model_method(args: TrainingArguments | None = None) -> Method:
             outcome = run_training(as_tasks(train, schema), schema, scratch, fold_args, promote=False, source="cv")
             predictor = TrainedPredictor(outcome.model_dir)
             records = [e.data for e in test]
-            served = predictor.predict(records)
+            raw = predictor.outputs(records)  # one forward pass answers for both
+            served = predictor.predictions(raw, predictor.probabilities(raw, records), len(records))
             if predictor.ngram is None:
                 return {"fine-tuned": served}
-            predictor.ngram = None
-            return {"fine-tuned": served, "fine-tuned encoder alone": predictor.predict(records)}
+            encoder = raw.probabilities(predictor.dimensions, predictor.temperatures)
+            alone = predictor.predictions(raw, encoder, len(records))
+            return {"fine-tuned": served, "fine-tuned encoder alone": alone}
 
     return run

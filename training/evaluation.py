@@ -221,13 +221,16 @@ def evaluate_predictions(schema: Any, gold: Sequence[Mapping[str, Any]], predict
     return evaluate_outputs(dimensions, list(gold), probs, spans)
 
 
+def dimension_score(metrics: Mapping[str, Any]) -> float | None:
+    """One dimension's share of the primary metric: macro-F1 (choices) or partial F1 (spans); None without gold."""
+    if not metrics.get("n"):
+        return None
+    return metrics["partial"]["f1"] if metrics["kind"] == "spans" else metrics["macro_f1"]
+
+
 def primary_score(report: Mapping[str, Any]) -> float | None:
     """The gate's metric: mean macro-F1 (choices) / partial F1 (spans) over dimensions with gold labels."""
-    values = []
-    for metrics in report.get("dimensions", {}).values():
-        if not metrics.get("n"):
-            continue
-        values.append(metrics["partial"]["f1"] if metrics["kind"] == "spans" else metrics["macro_f1"])
+    values = [v for v in map(dimension_score, report.get("dimensions", {}).values()) if v is not None]
     return float(np.mean(values)) if values else None
 
 

@@ -229,8 +229,12 @@ class TrainedPredictor:
         if not tasks:
             return []
         raw = self.outputs(tasks)
-        probs = self.probabilities(raw, tasks)
-        return [self._prediction(i, probs, raw) for i in range(len(tasks))]
+        return self.predictions(raw, self.probabilities(raw, tasks), len(tasks))
+
+    def predictions(self, raw: ModelOutputs, probs: Mapping[str, np.ndarray], count: int) -> list[Prediction]:
+        """One Prediction for each of the `count` records of `raw`, answering from `probs` ([records, labels] per
+        choice dimension: the served blend, or another mix of the same outputs)."""
+        return [self._prediction(i, probs, raw) for i in range(count)]
 
     def _prediction(self, i: int, probs: Mapping[str, np.ndarray], raw: ModelOutputs) -> Prediction:
         labels: dict[str, Any] = {}

@@ -57,10 +57,11 @@ Evaluator = Callable[[Path, Sequence[Mapping[str, Any]]], Mapping[str, Any]]
 
 def _worse_dimensions(report: Mapping[str, Any], rival: Mapping[str, float]) -> str:
     """ "frames 0.48 < 0.61, ..." for the dimensions where the candidate's macro-F1 is below the rival's."""
+    from training.evaluation import dimension_score
+
     worse = []
     for name, theirs in rival.items():
-        d = (report.get("dimensions") or {}).get(name) or {}
-        mine = d.get("macro_f1", (d.get("partial") or {}).get("f1"))
+        mine = dimension_score((report.get("dimensions") or {}).get(name) or {})
         if mine is not None and theirs is not None and mine < theirs:
             worse.append(f"{name} {mine:.2f} < {theirs:.2f}")
     return ", ".join(worse)
