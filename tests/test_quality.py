@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from annotation_config.schema import Schema
 from training.baselines import majority, ngram_svm
+from training.blend import blend
 from training.crossval import as_tasks, cross_validate, mean_sd, score_split
 from training.data import Example, accept, assign_folds, group_of
+from training.embedding_heads import EMBEDDING_FILE, EmbeddingHeads, text_embeddings
 from training.ngram import NGRAM_FILE, NgramModel
 from training.predict import TrainedPredictor
 
@@ -55,30 +57,71 @@ def test_the_blend_weighs_the_heads_and_leaves_other_dimensions_alone():
     model = NgramModel.fit([SINGLE], ROWS, weight=0.25)
     records = [{"text": "we love it"}]
     encoder = {"stance": np.array([[0.0, 0.0, 1.0]]), "other": np.array([[1.0, 0.0]])}
-    blended = model.blend(encoder, records)
     heads = model.proba(records)["stance"]
+    blended = blend(encoder, [(model.weight, model.proba(records))])
     np.testing.assert_allclose(blended["stance"], 0.75 * encoder["stance"] + 0.25 * heads)
     assert blended["other"] is encoder["other"]
-    model.weight = 0.0
-    assert model.blend(encoder, records)["stance"] is encoder["stance"]
+    assert blend(encoder, [(0.0, model.proba(records))])["stance"] is encoder["stance"]
+    # two companions: the encoder keeps what is left; a companion without a head leaves its share to the encoder
+    second = {"stance": np.array([[1.0, 0.0, 0.0]])}
+    both = blend(encoder, [(0.25, model.proba(records)), (0.5, second)])
+    np.testing.assert_allclose(both["stance"], 0.25 * encoder["stance"] + 0.25 * heads + 0.5 * second["stance"])
+    assert blend(encoder, [(0.5, {"other": np.array([[0.0, 1.0]])})])["other"].tolist() == [[0.5, 0.5]]
+
+
+def test_embedding_heads_learn_from_embeddings_and_survive_a_save_and_load(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = {"favor": rng.normal(size=8), "against": rng.normal(size=8), "none": rng.normal(size=8)}
+    rows = [r for r in ROWS if r["stance"] is not None]
+    embeddings = {"text": np.stack([centres[r["stance"]] + 0.05 * rng.normal(size=8) for r in rows])}
+    heads = EmbeddingHeads.fit([SINGLE, MULTI], rows, embeddings, weight=0.4)
+    assert heads.fields == ["text"] and set(heads.heads) == {"stance", "frames"}
+    test = {"text": np.stack([centres["against"], centres["favor"]])}
+    probs = heads.proba(test)
+    assert probs["stance"].argmax(axis=1).tolist() == [1, 0]
+    heads.save(tmp_path / EMBEDDING_FILE)
+    loaded = EmbeddingHeads.load(tmp_path / EMBEDDING_FILE)
+    assert loaded.weight == 0.4
+    for name, p in loaded.proba(test).items():
+        np.testing.assert_allclose(p, probs[name], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_of_the_companions_are_checked():
+    from training.training_args import TrainingArguments
+
+    with pytest.raises(ValueError, match="ngram-weight \\+ embedding-weight must be at most 1"):
+        TrainingArguments(ngram_weight=0.6, embedding_weight=0.5)
+    with pytest.raises(ValueError, match="embedding-weight must be between 0 and 1"):
+        TrainingArguments(embedding_weight=-0.1)
 
 
 def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: Schema, tmp_path):
+    from dataclasses import replace
+
     from tests.test_training_pipeline import TINY, synthetic_export
     from training.pipeline import run_training
 
-    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", TINY, source="synthetic")
-    assert (outcome.model_dir / NGRAM_FILE).exists()
+    args = replace(TINY, ngram_weight=0.3, embedding_weight=0.4)
+    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, source="synthetic")
+    assert (outcome.model_dir / NGRAM_FILE).exists() and (outcome.model_dir / EMBEDDING_FILE).exists()
     assert "test_encoder" in outcome.metrics and "primary" in outcome.metrics["test_encoder"]
     predictor = TrainedPredictor(outcome.model_dir)
-    assert predictor.ngram is not None and predictor.ngram.weight == TINY.ngram_weight
+    assert predictor.ngram is not None and predictor.ngram.weight == 0.3
+    assert predictor.embedding_heads is not None and predictor.embedding_heads.weight == 0.4
     records = [{"text": "Moscow calls the warnings Western propaganda and hype.", "article_id": "x"}]
     raw = predictor.outputs(records)
     served = predictor.probabilities(raw, records)
     alone = raw.probabilities(predictor.dimensions, predictor.temperatures)
+    # the embedding heads read the model's own encoder's embedding of the text
+    embedding = text_embeddings(predictor.model.encoder, predictor.tokenizer, [records[0]["text"]])
+    np.testing.assert_allclose(raw.embeddings["text"], embedding, rtol=1e-4, atol=1e-5)
     name = "threat_characterization"
-    expected = (1 - TINY.ngram_weight) * alone[name] + TINY.ngram_weight * predictor.ngram.proba(records)[name]
-    np.testing.assert_allclose(served[name], expected)
+    expected = (
+        0.3 * alone[name]
+        + 0.3 * predictor.ngram.proba(records)[name]
+        + 0.4 * predictor.embedding_heads.proba({"text": embedding})[name]
+    )
+    np.testing.assert_allclose(served[name], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(served[name], alone[name])
 
 

@@ -86,26 +86,17 @@ _EMBEDDINGS: dict[str, dict[str, np.ndarray]] = {}
 
 def frozen_embeddings(texts: Sequence[str], encoder: str | None = None, batch_size: int = 64) -> np.ndarray:
     """Mean-pooled, L2-normalised last hidden states of the (not fine-tuned) encoder, [len(texts), hidden]."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from training.encoder import length_buckets, resolve_encoder_path
+    from training.embedding_heads import text_embeddings
+    from training.encoder import resolve_encoder_path
     from training.modeling import quiet_transformers
 
     path = resolve_encoder_path(encoder)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for batch in length_buckets([len(t) for t in texts], batch_size):
-            chunk = [texts[i] for i in batch]
-            inputs = tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[batch] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
+    return text_embeddings(model, tokenizer, texts, batch_size)
 
 
 def _per_dimension(

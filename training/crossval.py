@@ -189,7 +189,7 @@ def model_method(args: TrainingArguments | None = None) -> Method:
             records = [e.data for e in test]
             raw = predictor.outputs(records)  # one forward pass answers for both
             served = predictor.predictions(raw, predictor.probabilities(raw, records), len(records))
-            if predictor.ngram is None:
+            if not predictor.has_companions:
                 return {"fine-tuned": served}
             encoder = raw.probabilities(predictor.dimensions, predictor.temperatures)
             alone = predictor.predictions(raw, encoder, len(records))

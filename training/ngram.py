@@ -3,8 +3,9 @@
 A linear model on sparse n-grams is the strong baseline of stance and framing work (the SemEval-2016 organisers'
 SVM beat most neural systems), and it errs differently from a sentence encoder: it reads names, hashtags and
 slogans literally. So every trained model carries one head per choice dimension on these features, fitted in
-seconds on the same training rows, and its probabilities are averaged with the encoder's (`blend`). On SemEval-2016
-5-fold CV x 3 seeds the average gained 3-4 points of F_avg over either part (BENCHMARKS.md, "Model quality").
+seconds on the same training rows, and its probabilities are averaged with the encoder's (training/blend.py). On
+SemEval-2016 5-fold CV x 3 seeds the average gained 3-4 points of F_avg over either part (BENCHMARKS.md, "Model
+quality").
 
 Features: word 1-2-grams and character 2-5-grams within word boundaries, lower-cased, sublinear TF, IDF from the
 training texts, each block L2-normalised (scikit-learn's TfidfVectorizer, hashed: HashingVectorizer keeps no
@@ -16,7 +17,7 @@ is data, never code).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,9 @@ class NgramFeatures:
 
 
 @dataclass(frozen=True)
-class NgramHead:
-    """A fitted linear head of one dimension: softmax (single) or one sigmoid per label (multi)."""
+class LinearHead:
+    """A fitted linear head of one dimension: softmax (single) or one sigmoid per label (multi), on any features
+    (n-grams here, sentence embeddings in training/embedding_heads.py)."""
 
     name: str
     kind: str  # "single" | "multi"
@@ -107,11 +109,11 @@ class NgramModel:
     """N-gram heads for the choice dimensions of a model, one feature transform per text field."""
 
     def __init__(
-        self, features: Mapping[str, NgramFeatures], heads: Mapping[str, NgramHead], weight: float = 0.5
+        self, features: Mapping[str, NgramFeatures], heads: Mapping[str, LinearHead], weight: float = 0.5
     ) -> None:
         self.features = dict(features)
         self.heads = dict(heads)
-        self.weight = weight  # of the n-gram probabilities in `blend`
+        self.weight = weight  # of the n-gram probabilities in the served blend (training/blend.py)
 
     @classmethod
     def fit(
@@ -120,7 +122,7 @@ class NgramModel:
         """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension."""
         dims = [d for d in dimensions if d["kind"] in ("single", "multi")]
         features: dict[str, NgramFeatures] = {}
-        heads: dict[str, NgramHead] = {}
+        heads: dict[str, LinearHead] = {}
         for field in sorted({d["field"] for d in dims}):
             texts = [str(row.get(field) or "") for row in rows]
             if not any(texts):
@@ -135,7 +137,7 @@ class NgramModel:
                 continue
             x = matrices[dim["field"]][have]
             answers = [rows[i][dim["name"]] for i in have]
-            head = _fit_single(dim, x, answers) if dim["kind"] == "single" else _fit_multi(dim, x, answers)
+            head = fit_head(dim, x, answers, C_SINGLE if dim["kind"] == "single" else C_MULTI)
             if head is not None:
                 heads[dim["name"]] = head
         return cls(features, heads, weight)
@@ -155,12 +157,7 @@ class NgramModel:
             fitted = self.features[field]
             for b, (columns, idf) in enumerate(zip(fitted.columns, fitted.idf, strict=True)):
                 arrays[f"f{i}_b{b}_columns"], arrays[f"f{i}_b{b}_idf"] = columns, idf
-        heads = []
-        for j, head in enumerate(self.heads.values()):
-            heads.append({"name": head.name, "kind": head.kind, "field": head.field, "labels": list(head.labels)})
-            arrays[f"h{j}_coef"] = head.coef.astype(np.float32)
-            arrays[f"h{j}_intercept"], arrays[f"h{j}_fitted"] = head.intercept, head.fitted
-            arrays[f"h{j}_prior"] = head.prior
+        heads = heads_to_arrays(self.heads.values(), arrays)
         meta = {
             "fields": fields,
             "blocks": len(BLOCKS),
@@ -184,35 +181,45 @@ class NgramModel:
                 )
                 for i, field in enumerate(meta["fields"])
             }
-            heads = {
-                h["name"]: NgramHead(
-                    h["name"],
-                    h["kind"],
-                    h["field"],
-                    tuple(h["labels"]),
-                    data[f"h{j}_coef"].astype(np.float64),
-                    data[f"h{j}_intercept"],
-                    data[f"h{j}_fitted"],
-                    data[f"h{j}_prior"],
-                )
-                for j, h in enumerate(meta["heads"])
-            }
+            heads = heads_from_arrays(meta["heads"], data)
         return cls(features, heads, float(meta["weight"]))
 
-    def blend(
-        self, model_probs: Mapping[str, np.ndarray], records: Sequence[Mapping[str, Any]]
-    ) -> dict[str, np.ndarray]:
-        """Per choice dimension with an n-gram head: (1 - weight) x the model's + weight x the head's probabilities."""
-        out = dict(model_probs)
-        if self.weight <= 0 or not records:
-            return out
-        for name, p in self.proba(records).items():
-            if name in out:
-                out[name] = (1.0 - self.weight) * np.asarray(out[name], dtype=np.float64) + self.weight * p
-        return out
+
+def heads_to_arrays(heads: Iterable[LinearHead], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Put each head's arrays into `arrays` (keys h<j>_...) and return the heads' JSON descriptions, in order."""
+    described = []
+    for j, head in enumerate(heads):
+        described.append({"name": head.name, "kind": head.kind, "field": head.field, "labels": list(head.labels)})
+        arrays[f"h{j}_coef"] = head.coef.astype(np.float32)
+        arrays[f"h{j}_intercept"], arrays[f"h{j}_fitted"] = head.intercept, head.fitted
+        arrays[f"h{j}_prior"] = head.prior
+    return described
 
 
-def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str]) -> NgramHead | None:
+def heads_from_arrays(described: Sequence[Mapping[str, Any]], data: Mapping[str, np.ndarray]) -> dict[str, LinearHead]:
+    """The heads `heads_to_arrays` wrote, by name."""
+    return {
+        h["name"]: LinearHead(
+            h["name"],
+            h["kind"],
+            h["field"],
+            tuple(h["labels"]),
+            data[f"h{j}_coef"].astype(np.float64),
+            data[f"h{j}_intercept"],
+            data[f"h{j}_fitted"],
+            data[f"h{j}_prior"],
+        )
+        for j, h in enumerate(described)
+    }
+
+
+def fit_head(dim: Mapping[str, Any], x: Any, answers: Sequence[Any], c: float) -> LinearHead | None:
+    """A class-balanced logistic head of a choice dimension on features `x` (one row per answer); None when nothing
+    can be learnt (a single choice with one class seen, a multi choice with no label both ticked and unticked)."""
+    return _fit_single(dim, x, answers, c) if dim["kind"] == "single" else _fit_multi(dim, x, answers, c)
+
+
+def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str], c: float) -> LinearHead | None:
     from sklearn.linear_model import LogisticRegression
 
     labels = list(dim["labels"])
@@ -220,7 +227,7 @@ def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str]) -> Ngram
     if len(seen) < 2:
         return None
     y = np.array([labels.index(a) for a in answers])
-    model = LogisticRegression(C=C_SINGLE, class_weight="balanced", max_iter=2000).fit(x, y)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x, y)
     coef = np.zeros((len(labels), x.shape[1]))
     intercept = np.zeros(len(labels))
     if len(seen) == 2:  # scikit-learn keeps one row for two classes: the positive one is classes_[1]
@@ -229,10 +236,10 @@ def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str]) -> Ngram
         coef[seen], intercept[seen] = model.coef_, model.intercept_
     fitted = np.isin(np.arange(len(labels)), seen)
     prior = np.bincount(y, minlength=len(labels)) / len(y)
-    return NgramHead(dim["name"], "single", dim["field"], tuple(labels), coef, intercept, fitted, prior)
+    return LinearHead(dim["name"], "single", dim["field"], tuple(labels), coef, intercept, fitted, prior)
 
 
-def _fit_multi(dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]]) -> NgramHead | None:
+def _fit_multi(dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]], c: float) -> LinearHead | None:
     from sklearn.linear_model import LogisticRegression
 
     labels = list(dim["labels"])
@@ -242,8 +249,8 @@ def _fit_multi(dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]])
     fitted = np.zeros(len(labels), dtype=bool)
     for j in range(len(labels)):
         if 0 < y[:, j].sum() < len(y):
-            model = LogisticRegression(C=C_MULTI, class_weight="balanced", max_iter=2000).fit(x, y[:, j])
+            model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x, y[:, j])
             coef[j], intercept[j], fitted[j] = model.coef_[0], model.intercept_[0], True
     if not fitted.any():
         return None
-    return NgramHead(dim["name"], "multi", dim["field"], tuple(labels), coef, intercept, fitted, y.mean(axis=0))
+    return LinearHead(dim["name"], "multi", dim["field"], tuple(labels), coef, intercept, fitted, y.mean(axis=0))

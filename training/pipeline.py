@@ -144,12 +144,19 @@ def run_training(
     timings["steps"] = trained.steps
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.model.config
+    embed_fields = sorted({d["field"] for d in config.dimensions if d["kind"] != "spans"})
+    if args.embedding_weight <= 0:
+        embed_fields = []
     mark = time.perf_counter()
     outputs = {}
     for name in ("validation", "test"):
         rows = list(dataset[name])
         # only the views a row has labels for: evaluation and calibration need no other answers
-        out = run_model(model, tokenizer, rows, args.eval_batch_size, labelled_only=True) if rows else None
+        out = (
+            run_model(model, tokenizer, rows, args.eval_batch_size, labelled_only=True, embed_fields=embed_fields)
+            if rows
+            else None
+        )
         outputs[name] = (rows, out)
     temperatures = _fit_temperatures(config.dimensions, *outputs["validation"], args)
     timings["calibrate_seconds"] = time.perf_counter() - mark
@@ -163,7 +170,20 @@ def run_training(
     timings["ngram_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram)
+    embedding_heads = None
+    if embed_fields:
+        from training.embedding_heads import EmbeddingHeads, text_embeddings
+
+        train_rows = list(dataset["train"])
+        embeddings = {
+            name: text_embeddings(model.encoder, tokenizer, [str(r.get(name) or "") for r in train_rows])
+            for name in embed_fields
+        }
+        embedding_heads = EmbeddingHeads.fit(config.dimensions, train_rows, embeddings, weight=args.embedding_weight)
+    timings["embedding_heads_seconds"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram, embedding_heads)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the cold start or the instant learner does: the candidate must beat both on
@@ -191,6 +211,10 @@ def run_training(
             from training.ngram import NGRAM_FILE
 
             ngram.save(folder / NGRAM_FILE)
+        if embedding_heads is not None:
+            from training.embedding_heads import EMBEDDING_FILE
+
+            embedding_heads.save(folder / EMBEDDING_FILE)
         save_report(metrics["test"], folder, name="report.json", plots=True)
         (folder / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         for name in ("validation", "test"):
@@ -286,10 +310,13 @@ def _evaluate(
     outputs: Mapping[str, tuple[list[dict[str, Any]], Any]],
     temperatures: dict,
     ngram: Any = None,
+    embedding_heads: Any = None,
 ) -> dict[str, Any]:
-    """Metrics per split, on the served scores (calibrated, blended with the n-gram heads), and on uncalibrated
-    encoder scores, which the report compares them with; "<split>_encoder": the encoder alone, calibrated."""
+    """Metrics per split, on the served scores (calibrated, blended with the n-gram and embedding heads), and on
+    uncalibrated encoder scores, which the report compares them with; "<split>_encoder": the encoder alone,
+    calibrated."""
     from training.evaluation import evaluate_outputs
+    from training.predict import served_probabilities
 
     metrics: dict[str, Any] = {}
     for name, (rows, out) in outputs.items():
@@ -298,9 +325,9 @@ def _evaluate(
             continue
         encoder = out.probabilities(dimensions, temperatures)
         raw = out.probabilities(dimensions)
-        served = ngram.blend(encoder, rows) if ngram is not None else encoder
+        served = served_probabilities(encoder, out, rows, ngram, embedding_heads)
         metrics[name] = evaluate_outputs(dimensions, rows, served, out.spans, raw)
-        if ngram is not None:
+        if ngram is not None or embedding_heads is not None:
             metrics[f"{name}_encoder"] = {"primary": evaluate_outputs(dimensions, rows, encoder, out.spans)["primary"]}
     return metrics
 

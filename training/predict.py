@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from annotation_config.regions import Prediction
+from training.blend import blend
 from training.calibration import Temperature, load_calibration, sigmoid, softmax
+from training.embedding_heads import EMBEDDING_FILE, EmbeddingHeads, text_embeddings
 from training.encoder import configure_threads, length_buckets, on_torch_thread
 from training.modeling import (
     BIO,
@@ -36,6 +38,7 @@ class ModelOutputs:
 
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     spans: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # per text field asked for: [N, hidden]
 
     def probabilities(
         self, dimensions: Sequence[Mapping[str, Any]], temperatures: Mapping[str, Temperature] | None = None
@@ -105,12 +108,13 @@ def run_model(
     batch_size: int = 32,
     max_length: int | None = None,
     labelled_only: bool = False,
+    embed_fields: Sequence[str] = (),
 ) -> ModelOutputs:
     """Run the model over task `data` dicts in length-bucketed batches; outputs are in input order.
 
     `labelled_only` (evaluation, calibration): each view runs only on the records that carry a label for one of its
     dimensions, and other records keep zero logits and no spans. A SemEval tweet has one target of five, so this
-    encodes one view per tweet instead of five.
+    encodes one view per tweet instead of five. `embed_fields`: also the sentence embedding of these text fields.
     """
     config = model.config
     heads = [d for d in config.dimensions if d["kind"] != "spans"]
@@ -118,6 +122,9 @@ def run_model(
         logits={d["name"]: np.zeros((len(records), len(d["labels"])), dtype=np.float32) for d in heads},
         spans={d["name"]: [[] for _ in records] for d in config.dimensions if d["kind"] == "spans"},
     )
+    for name in embed_fields:  # the text alone, for the embedding heads (training/embedding_heads.py)
+        texts = [str(record.get(name) or "") for record in records]
+        out.embeddings[name] = text_embeddings(model.encoder, tokenizer, texts, batch_size) if texts else np.zeros(0)
     if not labelled_only:
         _run_views(model, tokenizer, records, list(range(len(records))), None, batch_size, max_length, out)
         return out
@@ -173,6 +180,22 @@ def _run_views(
         model.train()
 
 
+def served_probabilities(
+    encoder: Mapping[str, np.ndarray],
+    raw: ModelOutputs,
+    records: Sequence[Mapping[str, Any]],
+    ngram: Any = None,
+    embedding_heads: EmbeddingHeads | None = None,
+) -> dict[str, np.ndarray]:
+    """The encoder's calibrated probabilities blended with the n-gram and embedding heads (training/blend.py)."""
+    parts = []
+    if ngram is not None and records:
+        parts.append((ngram.weight, ngram.proba(records)))
+    if embedding_heads is not None and records:
+        parts.append((embedding_heads.weight, embedding_heads.proba(raw.embeddings)))
+    return blend(encoder, parts)
+
+
 class TrainedPredictor:
     """A fine-tuned model folder served through the backend's Predictor protocol (calibrated scores)."""
 
@@ -204,8 +227,10 @@ class TrainedPredictor:
         self.temperatures = load_calibration(self.model_dir / "calibration.json")
         from training.ngram import NGRAM_FILE, NgramModel
 
-        ngram_path = self.model_dir / NGRAM_FILE
-        self.ngram = NgramModel.load(ngram_path) if ngram_path.exists() else None  # models before 2026-12-02: none
+        # the companions' files are optional: models before 2026-12-02 have neither, before 2026-12-03 no embeddings
+        ngram_path, embedding_path = self.model_dir / NGRAM_FILE, self.model_dir / EMBEDDING_FILE
+        self.ngram = NgramModel.load(ngram_path) if ngram_path.exists() else None
+        self.embedding_heads = EmbeddingHeads.load(embedding_path) if embedding_path.exists() else None
         self.batch_size = batch_size
         self._lock = threading.Lock()  # one inference at a time: fast tokenizers are not safe across threads
 
@@ -217,12 +242,21 @@ class TrainedPredictor:
     def outputs(self, tasks: Sequence[Mapping[str, Any]]) -> ModelOutputs:
         """Raw outputs (logits and decoded spans) for task `data` dicts."""
         with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
-            return on_torch_thread(run_model, self.model, self.tokenizer, tasks, self.batch_size)
+            fields = self.embedding_heads.fields if self.embedding_heads is not None else ()
+            return on_torch_thread(
+                run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields
+            )
+
+    @property
+    def has_companions(self) -> bool:
+        """Whether n-gram or embedding heads join the encoder's answers."""
+        return self.ngram is not None or self.embedding_heads is not None
 
     def probabilities(self, raw: ModelOutputs, tasks: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """The served probabilities of `raw` (the outputs for `tasks`): calibrated, blended with the n-gram heads."""
-        probs = raw.probabilities(self.dimensions, self.temperatures)
-        return self.ngram.blend(probs, tasks) if self.ngram is not None else probs
+        """The served probabilities of `raw` (the outputs for `tasks`): calibrated, blended with the companions."""
+        return served_probabilities(
+            raw.probabilities(self.dimensions, self.temperatures), raw, tasks, self.ngram, self.embedding_heads
+        )
 
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """One Prediction per task `data` dict, in order: calibrated labels and scores for every dimension."""

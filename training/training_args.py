@@ -49,6 +49,9 @@ class TrainingArguments:
     # The served probabilities per choice dimension: (1 - w) x the encoder's + w x an n-gram logistic head's, both
     # fitted on the training rows (training/ngram.py). 0: the encoder alone.
     ngram_weight: float = 0.5
+    # ... and + w x a logistic head's on the encoder's sentence embedding of the text (training/embedding_heads.py);
+    # the encoder's own heads get 1 - ngram_weight - embedding_weight. 0: no embedding heads.
+    embedding_weight: float = 0.0
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
@@ -80,8 +83,13 @@ class TrainingArguments:
         for name in ("probe_epochs", "cpu_budget_tokens"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if not 0.0 <= self.ngram_weight <= 1.0:
-            problems.append(f"ngram-weight must be between 0 and 1 (got {self.ngram_weight})")
+        for name in ("ngram_weight", "embedding_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name.replace('_', '-')} must be between 0 and 1 (got {getattr(self, name)})")
+        if self.ngram_weight + self.embedding_weight > 1.0 + 1e-9:
+            problems.append(
+                f"ngram-weight + embedding-weight must be at most 1 (got {self.ngram_weight + self.embedding_weight})"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed-precision must be auto, no, bf16 or fp16 (got {self.mixed_precision!r})")
         if problems:

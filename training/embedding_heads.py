@@ -1,0 +1,108 @@
+"""The sentence-embedding companion of a trained model: class-balanced logistic heads on the encoder's embedding.
+
+On SemEval-2016 5-fold CV x 3 seeds, a logistic regression on the frozen all-MiniLM-L6-v2 mean-pooled embedding
+beat both the fine-tuned encoder's own heads and an n-gram SVM, and its average with the n-gram heads beat every
+single part by 3 points (BENCHMARKS.md, "Model quality"): a closed-form fit on a sentence embedding is strong with
+tens to thousands of labels, and it takes seconds. So a trained model carries one such head per choice dimension,
+fitted on the training rows' embeddings of the dimension's text field (the text alone, never the target: a stance
+dimension has its own head), and its probabilities join the served blend (training/blend.py).
+
+The embedding is the mean-pooled, L2-normalised last hidden state of the model's own encoder over the text
+(`text_embeddings`): with `--epochs 0` that is the pretrained encoder, exactly the frozen-encoder baseline's
+features. Saved as plain arrays in `embedding_heads.npz` (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.ngram import MIN_ROWS, LinearHead, fit_head, heads_from_arrays, heads_to_arrays
+
+EMBEDDING_FILE = "embedding_heads.npz"
+C_EMBEDDING = 3.0  # inverse L2 strength, chosen on SemEval-2016 CV (1, 3 and 10 tried; BENCHMARKS.md)
+MAX_LENGTH = 256  # tokens of text per embedding (the frozen-encoder baseline's length)
+
+
+def text_embeddings(
+    encoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64, max_length: int = MAX_LENGTH
+) -> np.ndarray:
+    """Mean-pooled, L2-normalised last hidden states of `encoder` over `texts`, [len(texts), hidden] float32."""
+    import torch
+
+    from training.encoder import length_buckets
+
+    device = next(encoder.parameters()).device
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    was_training = encoder.training
+    encoder.eval()
+    with torch.inference_mode():
+        for batch in length_buckets([len(t) for t in texts], batch_size):
+            inputs = tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            hidden = encoder(**inputs).last_hidden_state.float()
+            mask = inputs["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out[batch] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+    encoder.train(was_training)
+    return out
+
+
+class EmbeddingHeads:
+    """Logistic heads on sentence embeddings for the choice dimensions of a model (one embedding per text field)."""
+
+    def __init__(self, heads: Mapping[str, LinearHead], weight: float = 0.5) -> None:
+        self.heads = dict(heads)
+        self.weight = weight  # of these probabilities in the served blend (training/blend.py)
+
+    @property
+    def fields(self) -> list[str]:
+        """The text fields whose embeddings the heads read."""
+        return sorted({head.field for head in self.heads.values()})
+
+    @classmethod
+    def fit(
+        cls,
+        dimensions: Sequence[Mapping[str, Any]],
+        rows: Sequence[Mapping[str, Any]],
+        embeddings: Mapping[str, np.ndarray],
+        weight: float = 0.5,
+    ) -> EmbeddingHeads:
+        """Fit on dataset rows (a column per dimension, None when unanswered) and each field's row embeddings."""
+        heads: dict[str, LinearHead] = {}
+        for dim in dimensions:
+            if dim["kind"] not in ("single", "multi") or dim["field"] not in embeddings:
+                continue
+            have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
+            if len(have) < MIN_ROWS:
+                continue
+            head = fit_head(dim, embeddings[dim["field"]][have], [rows[i][dim["name"]] for i in have], C_EMBEDDING)
+            if head is not None:
+                heads[dim["name"]] = head
+        return cls(heads, weight)
+
+    def proba(self, embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Probabilities per fitted head, from each field's embeddings of the same records."""
+        return {name: head.proba(embeddings[head.field]) for name, head in self.heads.items()}
+
+    def save(self, path: str | Path) -> None:
+        """Write the heads to one .npz file (their descriptions as JSON inside it)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"heads": heads_to_arrays(self.heads.values(), arrays), "weight": self.weight, "max_length": MAX_LENGTH}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddingHeads:
+        """Read heads written by `save` (allow_pickle stays off)."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            heads = heads_from_arrays(meta["heads"], data)
+        return cls(heads, float(meta["weight"]))
