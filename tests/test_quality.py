@@ -241,3 +241,39 @@ def test_epochs_zero_serves_the_heads_fitted_on_the_frozen_encoder(schema: Schem
     assert prediction.labels["threat_characterization"] in schema.dimension("threat_characterization").values
     with pytest.raises(ValueError, match="needs probe-epochs > 0"):
         TrainingArguments(epochs=0, probe_epochs=0)
+
+
+def test_the_multi_choice_threshold_maximises_validation_micro_f1():
+    from training.calibration import fit_threshold
+
+    labels = [[1, 0], [1, 0], [0, 1], [0, 0]]
+    # the true labels sit at 0.3-0.4, the false ones at or below 0.2: 0.25 and 0.3 tick them all, 0.3 is nearer 0.5
+    probs = np.array([[0.35, 0.1], [0.3, 0.2], [0.05, 0.4], [0.1, 0.15]])
+    assert fit_threshold(probs, labels) == pytest.approx(0.3)
+    # a threshold that changes nothing keeps 0.5
+    assert fit_threshold(np.array([[0.95, 0.02]]), [[1, 0]]) == 0.5
+
+
+def test_a_trained_model_decides_multi_choice_at_its_tuned_threshold(schema: Schema, tmp_path):
+    from dataclasses import replace
+
+    from tests.test_training_pipeline import TINY, synthetic_export
+    from training.calibration import THRESHOLDS_FILE, load_thresholds
+    from training.pipeline import run_training
+
+    outcome = run_training(synthetic_export(24), schema, tmp_path / "models", TINY, source="synthetic")
+    thresholds = load_thresholds(outcome.model_dir / THRESHOLDS_FILE)
+    assert set(thresholds) == {"frames"}
+    predictor = TrainedPredictor(outcome.model_dir)
+    records = [{"text": "Moscow calls the warnings Western propaganda and hype.", "article_id": "x"}]
+    raw = predictor.outputs(records)
+    frames = predictor.probabilities(raw, records)["frames"][0]
+    values = predictor.config.dimension("frames")["labels"]
+    for threshold in (0.0, 1.01):  # every label ticked, then none: the predictor reads the threshold it holds
+        predictor.thresholds = {"frames": threshold}
+        ticked = predictor.predict(records)[0].labels["frames"]
+        assert ticked == [v for v, p in zip(values, frames, strict=True) if p >= threshold]
+    off = run_training(
+        synthetic_export(24), schema, tmp_path / "off", replace(TINY, tune_thresholds=False), source="synthetic"
+    )
+    assert not (off.model_dir / THRESHOLDS_FILE).exists()

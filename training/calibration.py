@@ -147,3 +147,36 @@ def load_calibration(path: str | Path) -> dict[str, Temperature]:
         return {}
     raw: dict[str, Any] = json.loads(path.read_text())
     return {k: Temperature(**v) for k, v in raw.items()}
+
+
+THRESHOLD_GRID = np.round(np.arange(0.10, 0.901, 0.05), 2)
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def fit_threshold(probs: np.ndarray, labels: Any) -> float:
+    """The decision threshold of a multi-choice head that maximises micro-F1 on validation rows ([rows, labels]
+    probabilities and 0/1 labels), from a grid of 0.10-0.90; ties go to the threshold nearest 0.5.
+
+    Balanced heads at 0.5 tick rare labels too readily and common ones too rarely for micro-F1; one threshold per
+    head (not per label: a label with a handful of validation positives would overfit) is the measured middle way.
+    """
+    y = np.asarray(labels, dtype=bool)
+    best, best_f1 = 0.5, -1.0
+    for t in sorted(THRESHOLD_GRID, key=lambda t: abs(t - 0.5)):
+        p = np.asarray(probs) >= t
+        tp, predicted, gold = int((p & y).sum()), int(p.sum()), int(y.sum())
+        f1 = 2 * tp / (predicted + gold) if predicted + gold else 1.0
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def save_thresholds(thresholds: Mapping[str, float], path: str | Path) -> None:
+    """Write thresholds.json: {multi-choice dimension: decision threshold}."""
+    Path(path).write_text(json.dumps(dict(thresholds), indent=2) + "\n")
+
+
+def load_thresholds(path: str | Path) -> dict[str, float]:
+    """Read thresholds.json (absent: 0.5 everywhere, as models before 2026-12-03 decided)."""
+    path = Path(path)
+    return {k: float(v) for k, v in json.loads(path.read_text()).items()} if path.exists() else {}

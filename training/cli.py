@@ -404,6 +404,15 @@ def train(
             min=0.0, max=1.0, help="Weight of the n-gram heads in the served probabilities (0: the encoder alone)."
         ),
     ] = None,
+    embedding_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Weight of the sentence-embedding heads in the served probabilities (0: none). The encoder's own "
+            "heads get 1 - ngram-weight - embedding-weight.",
+        ),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -437,6 +446,7 @@ def train(
         "probe_epochs": probe_epochs,
         "cpu_budget_tokens": cpu_budget_tokens,
         "ngram_weight": ngram_weight,
+        "embedding_weight": embedding_weight,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,

@@ -78,12 +78,17 @@ def single_metrics(
 
 
 def multi_metrics(
-    dim: Mapping[str, Any], gold: Sequence[Sequence[str]], probs: np.ndarray, uncalibrated: np.ndarray | None = None
+    dim: Mapping[str, Any],
+    gold: Sequence[Sequence[str]],
+    probs: np.ndarray,
+    uncalibrated: np.ndarray | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Micro- and macro-F1 (macro over labels in gold or predictions) at threshold 0.5, per label, ECE, NLL."""
+    """Micro- and macro-F1 (macro over labels in gold or predictions) at the head's threshold, per label, ECE,
+    NLL."""
     labels = list(dim["labels"])
     y = np.array([[label in set(g) for label in labels] for g in gold], dtype=bool).reshape(len(gold), len(labels))
-    p = probs >= 0.5
+    p = probs >= threshold
     per_label = {}
     for j, label in enumerate(labels):
         scores = _prf(int((y[:, j] & p[:, j]).sum()), int(p[:, j].sum()), int(y[:, j].sum()))
@@ -148,8 +153,10 @@ def evaluate_outputs(
     probs: Mapping[str, np.ndarray],
     spans: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
     uncalibrated: Mapping[str, np.ndarray] | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A report dict for predictions on `rows` (gold labels per dimension; None = missing, skipped)."""
+    """A report dict for predictions on `rows` (gold labels per dimension; None = missing, skipped); a multi-choice
+    head ticks the labels at or above its threshold (default 0.5)."""
     report: dict[str, Any] = {"n": len(rows), "primary_metric": PRIMARY, "dimensions": {}}
     stance_gold: list[str] = []
     stance_pred: list[str] = []
@@ -171,7 +178,7 @@ def evaluate_outputs(
                 stance_gold += gold
                 stance_pred += [dim["labels"][k] for k in p.argmax(axis=1)]
         else:
-            metrics = multi_metrics(dim, gold, p, raw)
+            metrics = multi_metrics(dim, gold, p, raw, (thresholds or {}).get(name, 0.5))
         if dim.get("target"):
             metrics["target"] = dim["target"]
         report["dimensions"][name] = metrics
@@ -247,7 +254,7 @@ def evaluate_model(model_dir: str | Path, examples: Sequence[Any], predictor: An
     raw = predictor.outputs(records)
     probs = predictor.probabilities(raw, records)
     uncalibrated = raw.probabilities(predictor.dimensions)
-    report = evaluate_outputs(predictor.dimensions, rows, probs, raw.spans, uncalibrated)
+    report = evaluate_outputs(predictor.dimensions, rows, probs, raw.spans, uncalibrated, predictor.thresholds)
     report["model_version"] = predictor.model_version
     return report
 

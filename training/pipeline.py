@@ -123,7 +123,7 @@ def run_training(
         )
 
     mark = time.perf_counter()
-    from training.calibration import save_calibration
+    from training.calibration import THRESHOLDS_FILE, save_calibration, save_thresholds
     from training.evaluation import save_report
     from training.predict import run_model
     from training.trainer import train_model
@@ -183,7 +183,8 @@ def run_training(
     timings["embedding_heads_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram, embedding_heads)
+    thresholds = _fit_thresholds(config.dimensions, outputs["validation"], temperatures, ngram, embedding_heads, args)
+    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram, embedding_heads, thresholds)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the cold start or the instant learner does: the candidate must beat both on
@@ -207,6 +208,8 @@ def run_training(
             tokenizer.save_pretrained(folder)
         (folder / "label_maps.json").write_text(json.dumps(config.label_maps(), indent=2) + "\n")
         save_calibration(temperatures, folder / "calibration.json")
+        if thresholds:
+            save_thresholds(thresholds, folder / THRESHOLDS_FILE)
         if ngram is not None:
             from training.ngram import NGRAM_FILE
 
@@ -305,12 +308,41 @@ def _fit_temperatures(
     return temperatures
 
 
+def _fit_thresholds(
+    dimensions: list[dict[str, Any]],
+    validation: tuple[list[dict[str, Any]], Any],
+    temperatures: dict,
+    ngram: Any,
+    embedding_heads: Any,
+    args: TrainingArguments,
+) -> dict[str, float]:
+    """Per multi-choice dimension, the decision threshold of the served probabilities that maximises micro-F1 on the
+    validation rows labelled for it (when there are enough: `calibration_min_examples`)."""
+    from training.calibration import fit_threshold
+    from training.predict import served_probabilities
+
+    rows, out = validation
+    multi = [d for d in dimensions if d["kind"] == "multi"]
+    if not args.tune_thresholds or out is None or not multi:
+        return {}
+    served = served_probabilities(out.probabilities(dimensions, temperatures), out, rows, ngram, embedding_heads)
+    thresholds = {}
+    for dim in multi:
+        have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
+        if len(have) < max(1, args.calibration_min_examples):
+            continue
+        labels = [[v in rows[i][dim["name"]] for v in dim["labels"]] for i in have]
+        thresholds[dim["name"]] = fit_threshold(served[dim["name"]][have], labels)
+    return thresholds
+
+
 def _evaluate(
     dimensions: list[dict[str, Any]],
     outputs: Mapping[str, tuple[list[dict[str, Any]], Any]],
     temperatures: dict,
     ngram: Any = None,
     embedding_heads: Any = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Metrics per split, on the served scores (calibrated, blended with the n-gram and embedding heads), and on
     uncalibrated encoder scores, which the report compares them with; "<split>_encoder": the encoder alone,
@@ -326,7 +358,7 @@ def _evaluate(
         encoder = out.probabilities(dimensions, temperatures)
         raw = out.probabilities(dimensions)
         served = served_probabilities(encoder, out, rows, ngram, embedding_heads)
-        metrics[name] = evaluate_outputs(dimensions, rows, served, out.spans, raw)
+        metrics[name] = evaluate_outputs(dimensions, rows, served, out.spans, raw, thresholds)
         if ngram is not None or embedding_heads is not None:
             metrics[f"{name}_encoder"] = {"primary": evaluate_outputs(dimensions, rows, encoder, out.spans)["primary"]}
     return metrics

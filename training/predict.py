@@ -15,7 +15,7 @@ import torch
 
 from annotation_config.regions import Prediction
 from training.blend import blend
-from training.calibration import Temperature, load_calibration, sigmoid, softmax
+from training.calibration import THRESHOLDS_FILE, Temperature, load_calibration, load_thresholds, sigmoid, softmax
 from training.embedding_heads import EMBEDDING_FILE, EmbeddingHeads, text_embeddings
 from training.encoder import configure_threads, length_buckets, on_torch_thread
 from training.modeling import (
@@ -225,6 +225,7 @@ class TrainedPredictor:
         self.model.eval()
         self.config = self.model.config
         self.temperatures = load_calibration(self.model_dir / "calibration.json")
+        self.thresholds = load_thresholds(self.model_dir / THRESHOLDS_FILE)
         from training.ngram import NGRAM_FILE, NgramModel
 
         # the companions' files are optional: models before 2026-12-02 have neither, before 2026-12-03 no embeddings
@@ -283,7 +284,8 @@ class TrainedPredictor:
                 distributions[name] = ("single", p)
             elif dim["kind"] == "multi":
                 p = probs[name][i]
-                labels[name] = [v for v, q in zip(values, p, strict=True) if q >= MULTI_THRESHOLD]
+                threshold = self.thresholds.get(name, MULTI_THRESHOLD)
+                labels[name] = [v for v, q in zip(values, p, strict=True) if q >= threshold]
                 scores[name] = float(np.maximum(p, 1.0 - p).min())
                 distributions[name] = ("multi", p)
             else:

@@ -2,8 +2,10 @@
 
 Layout:
   models/registry.json        {"current": version | null, "history": [{"action", "version", "at", ...}, ...]}
-  models/<version>/           weights, tokenizer, label_maps.json, calibration.json, metrics.json, manifest.json,
-                              README.md (model card), test.jsonl / validation.jsonl (held-out rows for the gate)
+  models/<version>/           weights, tokenizer, label_maps.json, calibration.json, thresholds.json (multi-choice
+                              decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions),
+                              metrics.json, manifest.json, README.md (model card), test.jsonl / validation.jsonl
+                              (held-out rows for the gate)
 
 A version folder is written under a hidden temporary name and renamed when complete, and registry.json is replaced
 with os.replace, so a crash never leaves a half-written model or pointer visible. Versions look like

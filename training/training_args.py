@@ -33,6 +33,9 @@ class TrainingArguments:
     max_class_weight: float = 10.0
     calibrate: bool = True  # temperature scaling per head on the validation split
     calibration_min_examples: int = 20  # fewer labelled validation rows for a head: keep T = 1 (no overfitting)
+    # per multi-choice head, the decision threshold that maximises validation micro-F1 (with as many labelled
+    # validation rows as calibration needs; else 0.5)
+    tune_thresholds: bool = True
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
     threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
