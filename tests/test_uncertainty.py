@@ -135,6 +135,7 @@ def test_trained_predictor_scores_tasks_with_the_default_strategy():
     from training.predict import ModelOutputs, TrainedPredictor
 
     predictor = object.__new__(TrainedPredictor)  # no weights needed: only the scoring step is under test
+    predictor.thresholds = {}  # multi-choice at 0.5
     predictor.config = SimpleNamespace(
         dimensions=[
             {"name": "stance", "kind": "single", "labels": ["favor", "against", "none"]},

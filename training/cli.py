@@ -371,7 +371,9 @@ def train(
     encoder: Annotated[str | None, typer.Option(help="Encoder folder or Hub name (default: all-MiniLM-L6-v2).")] = None,
     epochs: Annotated[
         float | None,
-        typer.Option(help="Most fine-tuning epochs (early stopping may end sooner); 0: heads on the frozen encoder."),
+        typer.Option(
+            help="Most fine-tuning epochs (early stopping may end sooner); 0, the default: the encoder stays frozen."
+        ),
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
@@ -413,6 +415,13 @@ def train(
             "heads get 1 - ngram-weight - embedding-weight.",
         ),
     ] = None,
+    tune_thresholds: Annotated[
+        bool | None,
+        typer.Option(
+            "--tune-thresholds/--no-tune-thresholds",
+            help="Per multi-choice dimension, the decision threshold that maximises validation micro-F1 (else 0.5).",
+        ),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -447,6 +456,7 @@ def train(
         "cpu_budget_tokens": cpu_budget_tokens,
         "ngram_weight": ngram_weight,
         "embedding_weight": embedding_weight,
+        "tune_thresholds": tune_thresholds,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,

@@ -173,8 +173,8 @@ def as_tasks(examples: Sequence[Example], schema: Schema) -> list[dict[str, Any]
 
 
 def model_method(args: TrainingArguments | None = None) -> Method:
-    """The fine-tuned model as `workbench train` trains it (seeded per CV seed), answering twice: as served
-    ("fine-tuned", with its n-gram heads when `args.ngram_weight` > 0) and as its encoder alone."""
+    """The model as `workbench train` trains it (seeded per CV seed), answering twice: as served ("trained model",
+    the blend of its embedding and n-gram heads with the encoder's) and as its encoder's own heads alone."""
     args = args or TrainingArguments()
 
     def run(schema: Schema, train: Sequence[Example], test: Sequence[Example], seed: int) -> dict[str, list]:
@@ -190,9 +190,9 @@ def model_method(args: TrainingArguments | None = None) -> Method:
             raw = predictor.outputs(records)  # one forward pass answers for both
             served = predictor.predictions(raw, predictor.probabilities(raw, records), len(records))
             if not predictor.has_companions:
-                return {"fine-tuned": served}
+                return {"trained model": served}
             encoder = raw.probabilities(predictor.dimensions, predictor.temperatures)
             alone = predictor.predictions(raw, encoder, len(records))
-            return {"fine-tuned": served, "fine-tuned encoder alone": alone}
+            return {"trained model": served, "trained model, encoder heads alone": alone}
 
     return run

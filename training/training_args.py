@@ -16,7 +16,10 @@ class TrainingArguments:
     """Hyper-parameters and run settings of `train_model` / `run_training`."""
 
     encoder: str = DEFAULT_ENCODER  # a local folder or a Hub name found in the local cache
-    epochs: float = 5.0  # upper bound: early stopping and the CPU budget may end sooner
+    # Fine-tuning epochs, an upper bound (early stopping and the CPU budget may end sooner). 0, the default: no
+    # fine-tuning; the encoder stays as pretrained and the served answers come from the closed-form embedding and
+    # n-gram heads (on SemEval-2016 CV fine-tuning added nothing to them at 5-10x the time: BENCHMARKS.md).
+    epochs: float = 0.0
     max_steps: int = -1  # > 0 overrides epochs (quick runs, tests)
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -53,8 +56,9 @@ class TrainingArguments:
     # fitted on the training rows (training/ngram.py). 0: the encoder alone.
     ngram_weight: float = 0.5
     # ... and + w x a logistic head's on the encoder's sentence embedding of the text (training/embedding_heads.py);
-    # the encoder's own heads get 1 - ngram_weight - embedding_weight. 0: no embedding heads.
-    embedding_weight: float = 0.0
+    # the encoder's own heads get 1 - ngram_weight - embedding_weight (by default nothing: their choice answers are
+    # still reported as "<split>_encoder", and span dimensions always come from the encoder). 0: no embedding heads.
+    embedding_weight: float = 0.5
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
