@@ -155,6 +155,18 @@ class Dimension(_Strict):
                 return label
         raise KeyError(value)
 
+    def prototype_texts(self, label: Label) -> list[str]:
+        """How a label is described in words: its definition (per-target ones already name their target) and each
+        cue, tied to the target if any. The cold start compares paragraphs with these, and trained models use the
+        similarities as features (training/embedding_heads.py).
+
+        A bare stance cue ("condemn") is the same for every target; "condemn NATO enlargement" is not.
+        """
+        cues = [cue.strip() for cue in label.cues if cue.strip()]
+        if self.target is not None:
+            cues = [f"{cue} {self.target.name}" for cue in cues]
+        return list(dict.fromkeys([label.definition.strip(), *cues]))
+
 
 class Schema(_Strict):
     """A validated schema; `dimensions` holds every dimension after per-target expansion."""

@@ -277,3 +277,36 @@ def test_a_trained_model_decides_multi_choice_at_its_tuned_threshold(schema: Sch
         synthetic_export(24), schema, tmp_path / "off", replace(TINY, tune_thresholds=False), source="synthetic"
     )
     assert not (off.model_dir / THRESHOLDS_FILE).exists()
+
+
+def test_embedding_heads_read_the_similarity_to_each_label_description(schema: Schema, tmp_path):
+    from training.embedding_heads import PROTOTYPE_SCALE, label_prototypes
+
+    seen: list[str] = []
+
+    def embed(texts):  # a stand-in encoder: a fixed unit vector per text
+        seen.extend(texts)
+        vectors = np.random.default_rng(len(seen)).normal(size=(len(texts), 8))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    prototypes = label_prototypes(schema, embed)
+    threat = schema.dimension("threat_characterization")
+    assert set(prototypes) == {d.name for d in schema.of_kind("single", "multi")}
+    described = [j for j, label in enumerate(threat.labels) for _ in threat.prototype_texts(label)]
+    assert prototypes[threat.name].label_index.tolist() == described
+    assert "condemn NATO enlargement" in seen  # a stance cue is tied to its target
+    # the text nearest to a "genuine" description gets that label's similarity 1, in the features the head reads
+    genuine = threat.values.index("genuine")
+    row = prototypes[threat.name].vectors[described.index(genuine)][None, :]
+    dim = {"name": threat.name, "kind": "single", "field": "text", "labels": threat.values}
+    rows = [{"text": "x", threat.name: threat.values[i % 4]} for i in range(8)]
+    heads = EmbeddingHeads.fit([dim], rows, {"text": embed(["r"] * 8)}, 0.5, prototypes)
+    features = heads.features(threat.name, 4, row)
+    assert features.shape == (1, 8 + 4) and features[0, 8 + genuine] == pytest.approx(PROTOTYPE_SCALE)
+    assert heads.heads[threat.name].coef.shape == (4, 12)
+    heads.save(tmp_path / EMBEDDING_FILE)
+    loaded = EmbeddingHeads.load(tmp_path / EMBEDDING_FILE)
+    np.testing.assert_allclose(
+        loaded.proba({"text": row})[threat.name], heads.proba({"text": row})[threat.name], rtol=1e-5, atol=1e-6
+    )
+    assert set(loaded.prototypes) == {threat.name}

@@ -172,14 +172,16 @@ def run_training(
     mark = time.perf_counter()
     embedding_heads = None
     if embed_fields:
-        from training.embedding_heads import EmbeddingHeads, text_embeddings
+        from training.embedding_heads import EmbeddingHeads, label_prototypes, text_embeddings
+
+        def embed(texts: list[str]) -> Any:
+            return text_embeddings(model.encoder, tokenizer, texts)
 
         train_rows = list(dataset["train"])
-        embeddings = {
-            name: text_embeddings(model.encoder, tokenizer, [str(r.get(name) or "") for r in train_rows])
-            for name in embed_fields
-        }
-        embedding_heads = EmbeddingHeads.fit(config.dimensions, train_rows, embeddings, weight=args.embedding_weight)
+        embeddings = {name: embed([str(r.get(name) or "") for r in train_rows]) for name in embed_fields}
+        embedding_heads = EmbeddingHeads.fit(
+            config.dimensions, train_rows, embeddings, args.embedding_weight, label_prototypes(schema, embed)
+        )
     timings["embedding_heads_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from annotation_config.regions import Prediction
-from annotation_config.schema import Dimension, Label, Schema, Target
+from annotation_config.schema import Dimension, Schema, Target
 
 MAX_SCORE = 0.85  # no cold-start figure goes above this
 
@@ -246,7 +246,7 @@ class ColdStartPredictor:
 
     def _build_prototypes(self) -> tuple[np.ndarray, dict[str, _DimensionIndex]]:
         """Embed every prototype text once (one embedder call) and index each dimension's rows."""
-        groups = {dim.name: [_prototype_texts(dim, label) for label in dim.labels] for dim in self._choice_dims}
+        groups = {dim.name: [dim.prototype_texts(label) for label in dim.labels] for dim in self._choice_dims}
         targets = {dim.name: _target_texts(dim) for dim in self._choice_dims if dim.kind == "single" and dim.target}
         texts = [text for dim_groups in groups.values() for group in dim_groups for text in group]
         texts = list(dict.fromkeys([*texts, *(text for target in targets.values() for text in target)]))
@@ -335,17 +335,6 @@ class _Reading:
         sentence_start = max(self._sentence_starts[self.sentence(start)], start - NEGATION_CHARS)
         words = _WORD.findall(self.text[sentence_start:start])[-NEGATION_WINDOW:]
         return any(w.lower() in NEGATIONS or w.lower().endswith(("n't", "n’t")) for w in words)
-
-
-def _prototype_texts(dim: Dimension, label: Label) -> list[str]:
-    """The definition (per-target ones already name their target) and each cue, tied to the target if any.
-
-    A bare stance cue ("condemn") is the same for every target; "condemn NATO enlargement" is not.
-    """
-    cues = [cue.strip() for cue in label.cues if cue.strip()]
-    if dim.target is not None:
-        cues = [f"{cue} {dim.target.name}" for cue in cues]
-    return list(dict.fromkeys([label.definition.strip(), *cues]))
 
 
 def _target_texts(dim: Dimension) -> list[str]:
