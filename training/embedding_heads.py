@@ -19,7 +19,6 @@ the label descriptions' embeddings with them, so serving needs no schema.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from annotation_config.schema import Schema
-from training.ngram import MIN_ROWS, LinearHead, fit_head, heads_from_arrays, heads_to_arrays
+from training.ngram import MIN_ROWS, LinearHead, fit_head, heads_from_arrays, heads_to_arrays, npz_meta, write_npz
 
 EMBEDDING_FILE = "embedding_heads.npz"
 C_EMBEDDING = 3.0  # inverse L2 strength, chosen on SemEval-2016 CV (1, 3 and 10 tried; BENCHMARKS.md)
@@ -160,15 +159,13 @@ class EmbeddingHeads:
             "max_length": MAX_LENGTH,
             "prototype_scale": PROTOTYPE_SCALE,
         }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+        write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingHeads:
         """Read heads written by `save` (allow_pickle stays off)."""
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
+            meta = npz_meta(data)
             heads = heads_from_arrays(meta["heads"], data)
             prototypes = {
                 name: Prototypes(data[f"p{j}_label_index"], data[f"p{j}_vectors"])

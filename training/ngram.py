@@ -165,15 +165,13 @@ class NgramModel:
             "n_features": N_FEATURES,
             "weight": self.weight,
         }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+        write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NgramModel:
         """Read a model written by `save` (allow_pickle stays off)."""
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
+            meta = npz_meta(data)
             features = {
                 field: NgramFeatures(
                     tuple(data[f"f{i}_b{b}_columns"] for b in range(meta["blocks"])),
@@ -183,6 +181,18 @@ class NgramModel:
             }
             heads = heads_from_arrays(meta["heads"], data)
         return cls(features, heads, float(meta["weight"]))
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """One compressed .npz of plain arrays, with `meta` as JSON bytes under "meta" (read back by `npz_meta`)."""
+    arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def npz_meta(data: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The "meta" JSON of a file `write_npz` wrote."""
+    return json.loads(bytes(data["meta"]).decode())
 
 
 def heads_to_arrays(heads: Iterable[LinearHead], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
