@@ -42,6 +42,15 @@ def training_arguments(pairs: Sequence[str], **given: Any) -> Any:
         raise SystemExit(f"--set: {error}") from None
 
 
+def rung_methods(wanted: bool) -> list[Any]:
+    """The backend's cold start and instant learner as one crossval.Method (backend/instant_rival.py), if wanted."""
+    if not wanted:
+        return []
+    from backend.instant_rival import rung_answers
+
+    return [rung_answers]
+
+
 def run(
     examples: Sequence[Any],
     schema: Any,

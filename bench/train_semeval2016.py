@@ -478,6 +478,9 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="--cv/--test: a TrainingArguments override"
     )
     parser.add_argument("--baselines-only", action="store_true", help="--cv/--test: skip the fine-tuned model")
+    parser.add_argument(
+        "--rungs", action="store_true", help="also the backend's cold start and instant learner, on the same folds"
+    )
     args = parser.parse_args()
     if args.cv or args.test:
         return cv_main(args)
@@ -540,7 +543,7 @@ def cv_main(args: argparse.Namespace) -> None:
     """The protocol that cannot flatter: K-fold CV x seeds on the training file (or train on it all and score a
     separate test file), the fine-tuned model with the product's defaults next to the baselines on the same folds."""
     from annotation_config.schema import load_schema
-    from bench.cv_report import run, training_arguments
+    from bench.cv_report import run, rung_methods, training_arguments
     from training.data import accept
 
     schema = load_schema(args.schema)
@@ -564,6 +567,7 @@ def cv_main(args: argparse.Namespace) -> None:
         seeds=[int(s) for s in args.seeds.split(",")],
         test=test,
         fine_tune=not args.baselines_only,
+        extra_methods=rung_methods(args.rungs),
         title="SemEval-2016 Task 6A: F_avg (FAVOR/AGAINST F1, pooled over targets) and 3-class macro-F1, x100",
         json_path=args.json,
     )

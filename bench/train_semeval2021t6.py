@@ -59,13 +59,16 @@ def main() -> None:
     parser.add_argument("--test", type=Path, default=None, help="train on training+dev, score this file instead")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainingArguments override")
     parser.add_argument("--baselines-only", action="store_true", help="skip the fine-tuned model")
+    parser.add_argument(
+        "--rungs", action="store_true", help="also the backend's cold start and instant learner, on the same folds"
+    )
     parser.add_argument("--encoder", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
     from annotation_config.schema import load_schema
-    from bench.cv_report import run, training_arguments
+    from bench.cv_report import run, rung_methods, training_arguments
     from training.data import accept
 
     schema = load_schema(args.schema)
@@ -92,6 +95,7 @@ def main() -> None:
         seeds=[int(s) for s in args.seeds.split(",")],
         test=test,
         fine_tune=not args.baselines_only,
+        extra_methods=rung_methods(args.rungs),
         title="SemEval-2021 Task 6, subtask 1 (20 persuasion techniques, multi-label): micro- and macro-F1, x100",
         json_path=args.json,
     )
