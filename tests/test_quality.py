@@ -30,6 +30,13 @@ ROWS = [
 ]
 
 
+def assert_same_probabilities(loaded: dict, saved: dict) -> None:
+    """A save and load kept every head (weights are stored as float32: equal to 1e-5)."""
+    assert set(loaded) == set(saved)
+    for name, p in loaded.items():
+        np.testing.assert_allclose(p, saved[name], rtol=1e-5, atol=1e-6)
+
+
 def test_ngram_heads_learn_words_and_survive_a_save_and_load_unchanged(tmp_path):
     model = NgramModel.fit([SINGLE, MULTI], ROWS, weight=0.5)
     records = [{"text": "we support and love it"}, {"text": "stop this disgrace"}, {"text": "zzz qqq"}]
@@ -42,8 +49,7 @@ def test_ngram_heads_learn_words_and_survive_a_save_and_load_unchanged(tmp_path)
     model.save(tmp_path / NGRAM_FILE)
     loaded = NgramModel.load(tmp_path / NGRAM_FILE)
     assert loaded.weight == 0.5
-    for name, p in loaded.proba(records).items():
-        np.testing.assert_allclose(p, probs[name], rtol=1e-5, atol=1e-6)
+    assert_same_probabilities(loaded.proba(records), probs)
 
 
 def test_unseen_ngrams_are_dropped_as_a_vocabulary_would():
@@ -82,8 +88,7 @@ def test_embedding_heads_learn_from_embeddings_and_survive_a_save_and_load(tmp_p
     heads.save(tmp_path / EMBEDDING_FILE)
     loaded = EmbeddingHeads.load(tmp_path / EMBEDDING_FILE)
     assert loaded.weight == 0.4
-    for name, p in loaded.proba(test).items():
-        np.testing.assert_allclose(p, probs[name], rtol=1e-5, atol=1e-6)
+    assert_same_probabilities(loaded.proba(test), probs)
 
 
 def test_weights_of_the_companions_are_checked():
@@ -306,7 +311,5 @@ def test_embedding_heads_read_the_similarity_to_each_label_description(schema: S
     assert heads.heads[threat.name].coef.shape == (4, 12)
     heads.save(tmp_path / EMBEDDING_FILE)
     loaded = EmbeddingHeads.load(tmp_path / EMBEDDING_FILE)
-    np.testing.assert_allclose(
-        loaded.proba({"text": row})[threat.name], heads.proba({"text": row})[threat.name], rtol=1e-5, atol=1e-6
-    )
+    assert_same_probabilities(loaded.proba({"text": row}), heads.proba({"text": row}))
     assert set(loaded.prototypes) == {threat.name}

@@ -98,6 +98,13 @@ def text_embeddings(
     return out
 
 
+def _head_features(prototypes: Prototypes | None, labels: int, embeddings: np.ndarray) -> np.ndarray:
+    """The embeddings, then the scaled label-description similarities when the dimension has prototypes."""
+    if prototypes is None:
+        return embeddings
+    return np.hstack([embeddings, PROTOTYPE_SCALE * prototypes.similarities(embeddings, labels)])
+
+
 class EmbeddingHeads:
     """Logistic heads on sentence embeddings for the choice dimensions of a model (one embedding per text field)."""
 
@@ -110,10 +117,7 @@ class EmbeddingHeads:
 
     def features(self, name: str, labels: int, embeddings: np.ndarray) -> np.ndarray:
         """What head `name` reads: the embeddings, then the scaled label-description similarities if it has any."""
-        if name not in self.prototypes:
-            return embeddings
-        similarities = self.prototypes[name].similarities(embeddings, labels)
-        return np.hstack([embeddings, PROTOTYPE_SCALE * similarities])
+        return _head_features(self.prototypes.get(name), labels, embeddings)
 
     @property
     def fields(self) -> list[str]:
@@ -131,8 +135,7 @@ class EmbeddingHeads:
     ) -> EmbeddingHeads:
         """Fit on dataset rows (a column per dimension, None when unanswered), each field's row embeddings and the
         label descriptions' prototypes per dimension (none: embeddings alone)."""
-        shell = cls({}, weight, {})
-        shell.prototypes = dict(prototypes or {})
+        prototypes = prototypes or {}
         heads: dict[str, LinearHead] = {}
         for dim in dimensions:
             if dim["kind"] not in ("single", "multi") or dim["field"] not in embeddings:
@@ -140,7 +143,7 @@ class EmbeddingHeads:
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = shell.features(dim["name"], len(dim["labels"]), embeddings[dim["field"]][have])
+            x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), embeddings[dim["field"]][have])
             head = fit_head(dim, x, [rows[i][dim["name"]] for i in have], C_EMBEDDING)
             if head is not None:
                 heads[dim["name"]] = head

@@ -144,9 +144,8 @@ def run_training(
     timings["steps"] = trained.steps
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.model.config
-    embed_fields = sorted({d["field"] for d in config.dimensions if d["kind"] != "spans"})
-    if args.embedding_weight <= 0:
-        embed_fields = []
+    # the text fields the embedding heads read (none when they are off)
+    embed_fields = sorted({d["field"] for d in config.dimensions if d["kind"] != "spans" and args.embedding_weight > 0})
     mark = time.perf_counter()
     outputs = {}
     for name in ("validation", "test"):
@@ -185,8 +184,10 @@ def run_training(
     timings["embedding_heads_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    thresholds = _fit_thresholds(config.dimensions, outputs["validation"], temperatures, ngram, embedding_heads, args)
-    metrics = _evaluate(config.dimensions, outputs, temperatures, ngram, embedding_heads, thresholds)
+    served = _served(config.dimensions, outputs, temperatures, ngram, embedding_heads)
+    thresholds = _fit_thresholds(config.dimensions, outputs["validation"][0], served["validation"], args)
+    companions = ngram is not None or embedding_heads is not None
+    metrics = _evaluate(config.dimensions, outputs, temperatures, served, thresholds, companions)
     timings["evaluate_seconds"] = time.perf_counter() - mark
 
     # Nothing fine-tuned serves yet, so the cold start or the instant learner does: the candidate must beat both on
@@ -310,24 +311,38 @@ def _fit_temperatures(
     return temperatures
 
 
-def _fit_thresholds(
+def _served(
     dimensions: list[dict[str, Any]],
-    validation: tuple[list[dict[str, Any]], Any],
+    outputs: Mapping[str, tuple[list[dict[str, Any]], Any]],
     temperatures: dict,
     ngram: Any,
     embedding_heads: Any,
+) -> dict[str, dict[str, Any] | None]:
+    """Per split, the served probabilities (calibrated encoder blended with the n-gram and embedding heads), once
+    for both the thresholds and the metrics; None for an empty split."""
+    from training.predict import served_probabilities
+
+    return {
+        name: None
+        if out is None
+        else served_probabilities(out.probabilities(dimensions, temperatures), out, rows, ngram, embedding_heads)
+        for name, (rows, out) in outputs.items()
+    }
+
+
+def _fit_thresholds(
+    dimensions: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    served: Mapping[str, Any] | None,
     args: TrainingArguments,
 ) -> dict[str, float]:
     """Per multi-choice dimension, the decision threshold of the served probabilities that maximises micro-F1 on the
     validation rows labelled for it (when there are enough: `calibration_min_examples`)."""
     from training.calibration import fit_threshold
-    from training.predict import served_probabilities
 
-    rows, out = validation
     multi = [d for d in dimensions if d["kind"] == "multi"]
-    if not args.tune_thresholds or out is None or not multi:
+    if not args.tune_thresholds or served is None or not multi:
         return {}
-    served = served_probabilities(out.probabilities(dimensions, temperatures), out, rows, ngram, embedding_heads)
     thresholds = {}
     for dim in multi:
         have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
@@ -342,15 +357,13 @@ def _evaluate(
     dimensions: list[dict[str, Any]],
     outputs: Mapping[str, tuple[list[dict[str, Any]], Any]],
     temperatures: dict,
-    ngram: Any = None,
-    embedding_heads: Any = None,
+    served: Mapping[str, Mapping[str, Any] | None],
     thresholds: Mapping[str, float] | None = None,
+    companions: bool = False,
 ) -> dict[str, Any]:
-    """Metrics per split, on the served scores (calibrated, blended with the n-gram and embedding heads), and on
-    uncalibrated encoder scores, which the report compares them with; "<split>_encoder": the encoder alone,
-    calibrated."""
+    """Metrics per split, on the served scores (`_served`), and on uncalibrated encoder scores, which the report
+    compares them with; "<split>_encoder": the encoder alone, calibrated, when `companions` joined it."""
     from training.evaluation import evaluate_outputs
-    from training.predict import served_probabilities
 
     metrics: dict[str, Any] = {}
     for name, (rows, out) in outputs.items():
@@ -359,9 +372,8 @@ def _evaluate(
             continue
         encoder = out.probabilities(dimensions, temperatures)
         raw = out.probabilities(dimensions)
-        served = served_probabilities(encoder, out, rows, ngram, embedding_heads)
-        metrics[name] = evaluate_outputs(dimensions, rows, served, out.spans, raw, thresholds)
-        if ngram is not None or embedding_heads is not None:
+        metrics[name] = evaluate_outputs(dimensions, rows, served[name], out.spans, raw, thresholds)
+        if companions:
             metrics[f"{name}_encoder"] = {"primary": evaluate_outputs(dimensions, rows, encoder, out.spans)["primary"]}
     return metrics
 

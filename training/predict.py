@@ -124,7 +124,7 @@ def run_model(
     )
     for name in embed_fields:  # the text alone, for the embedding heads (training/embedding_heads.py)
         texts = [str(record.get(name) or "") for record in records]
-        out.embeddings[name] = text_embeddings(model.encoder, tokenizer, texts, batch_size) if texts else np.zeros(0)
+        out.embeddings[name] = text_embeddings(model.encoder, tokenizer, texts, batch_size)
     if not labelled_only:
         _run_views(model, tokenizer, records, list(range(len(records))), None, batch_size, max_length, out)
         return out
