@@ -313,3 +313,34 @@ def test_embedding_heads_read_the_similarity_to_each_label_description(schema: S
     loaded = EmbeddingHeads.load(tmp_path / EMBEDDING_FILE)
     assert_same_probabilities(loaded.proba({"text": row}), heads.proba({"text": row}))
     assert set(loaded.prototypes) == {threat.name}
+
+
+def test_the_served_heads_are_refitted_on_every_accepted_row(schema: Schema, tmp_path):
+    from dataclasses import replace
+
+    from tests.test_training_pipeline import TINY, synthetic_export
+    from training.pipeline import run_training
+
+    def served_vocabulary_misses(outcome) -> int:
+        """How many n-grams of the held-out rows' texts the served n-gram heads never saw."""
+        held_out = [
+            json.loads(line)["text"]
+            for name in ("validation", "test")
+            for line in (outcome.model_dir / f"{name}.jsonl").read_text().splitlines()
+        ]
+        assert held_out
+        served = NgramModel.load(outcome.model_dir / NGRAM_FILE).features["text"]
+        everything = NgramModel.fit([SINGLE], [{"text": t, "stance": "none"} for t in held_out]).features["text"]
+        return int(everything.transform(held_out).nnz - served.transform(held_out).nnz)
+
+    args = replace(TINY, epochs=0)
+    refit = run_training(synthetic_export(24), schema, tmp_path / "refit", args, source="synthetic")
+    manifest = json.loads((refit.model_dir / "manifest.json").read_text())
+    assert manifest["companion_rows"] == sum(manifest["splits"].values())
+    assert served_vocabulary_misses(refit) == 0
+    kept = run_training(
+        synthetic_export(24), schema, tmp_path / "kept", replace(args, refit_heads=False), source="synthetic"
+    )
+    manifest = json.loads((kept.model_dir / "manifest.json").read_text())
+    assert manifest["companion_rows"] == manifest["splits"]["train"]
+    assert served_vocabulary_misses(kept) > 0  # "Report 17." and the like were only in held-out rows

@@ -422,6 +422,13 @@ def train(
             help="Per multi-choice dimension, the decision threshold that maximises validation micro-F1 (else 0.5).",
         ),
     ] = None,
+    refit_heads: Annotated[
+        bool | None,
+        typer.Option(
+            "--refit-heads/--no-refit-heads",
+            help="After scoring, refit the n-gram and embedding heads on all accepted rows for serving.",
+        ),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -457,6 +464,7 @@ def train(
         "ngram_weight": ngram_weight,
         "embedding_weight": embedding_weight,
         "tune_thresholds": tune_thresholds,
+        "refit_heads": refit_heads,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,

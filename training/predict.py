@@ -244,9 +244,7 @@ class TrainedPredictor:
         """Raw outputs (logits and decoded spans) for task `data` dicts."""
         with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
             fields = self.embedding_heads.fields if self.embedding_heads is not None else ()
-            return on_torch_thread(
-                run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields
-            )
+            return on_torch_thread(run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields)
 
     @property
     def has_companions(self) -> bool:

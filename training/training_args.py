@@ -59,6 +59,9 @@ class TrainingArguments:
     # the encoder's own heads get 1 - ngram_weight - embedding_weight (by default nothing: their choice answers are
     # still reported as "<split>_encoder", and span dimensions always come from the encoder). 0: no embedding heads.
     embedding_weight: float = 0.5
+    # after scoring, refit the n-gram and embedding heads on every accepted row (train + validation + test) for
+    # serving; the metrics stay those of the train-split heads on unseen rows
+    refit_heads: bool = True
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console
