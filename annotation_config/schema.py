@@ -125,6 +125,12 @@ class Dimension(_Strict):
     kind: Kind
     title: str = ""
     field: str | None = None
+    # A second task field read together with `field`, as (pair_with, field): the claim or headline a body's stance
+    # is toward, a question for an answer. The per-task counterpart of a schema `target`.
+    pair_with: str | None = None
+    # With pair_with: the label meaning "the text does not concern the paired field" (FNC-1's "unrelated"); the cold
+    # start answers it when the two texts are far apart.
+    unrelated_label: str | None = None
     per_target: bool = False
     target: Target | None = None
     required: bool = False
@@ -141,7 +147,24 @@ class Dimension(_Strict):
             seen.add(label.value)
         if self.kind == "single" and len(self.labels) < 2:
             raise ValueError("labels: a single-choice dimension needs at least two labels")
+        if self.pair_with is not None and (self.per_target or self.target is not None):
+            raise ValueError("pair_with: a dimension reads schema targets (per_target) or a task field, not both")
+        if self.pair_with is not None and self.kind == "spans":
+            raise ValueError("pair_with: span dimensions mark the text alone; use it on single or multi choice")
+        if self.unrelated_label is not None:
+            if self.pair_with is None:
+                raise ValueError("unrelated_label: only for a dimension with pair_with")
+            if self.unrelated_label not in seen or self.kind != "single":
+                raise ValueError(
+                    f"unrelated_label: {self.unrelated_label!r} must be one of this single-choice dimension's labels"
+                )
         return self
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The task fields the model reads for this dimension: the paired field first, as it is encoded."""
+        field = self.field or ""
+        return (self.pair_with, field) if self.pair_with else (field,)
 
     @property
     def values(self) -> list[str]:
@@ -202,6 +225,11 @@ class Schema(_Strict):
                 raise ValueError(
                     f"dimensions[{i}] ({dim.name}).field: {dim.field!r} is not a text or context field; "
                     f"use one of {shown}"
+                )
+            if dim.pair_with is not None and (dim.pair_with not in shown or dim.pair_with == dim.field):
+                raise ValueError(
+                    f"dimensions[{i}] ({dim.name}).pair_with: {dim.pair_with!r} must be another text or context "
+                    f"field than {dim.field!r}, so annotators see it; use one of {[f for f in shown if f != dim.field]}"
                 )
             if dim.name in names:
                 raise ValueError(

@@ -48,6 +48,7 @@ from annotation_config.schema import Dimension, Schema
 from backend.cold_start.predictor import Embedder, is_word_char, non_overlapping_spans
 from backend.predictor import Predictor
 from training.data import AcceptancePolicy, Example, accept, data_hash
+from training.pairs import embedding_features, reading
 from training.uncertainty import task_score
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class InstantPredictor:
         self.model_version = model_version
         self.n_examples = n_examples
         self._heads: Mapping[str, Head] = dict(heads)
-        self._fields = list(dict.fromkeys(d.field or schema.data.text for d in schema.dimensions if d.kind != "spans"))
+        self._fields = _embedded_fields(schema)
 
     @property
     def learned(self) -> list[str]:
@@ -237,7 +238,7 @@ class InstantPredictor:
         distributions: dict[str, tuple[str, np.ndarray]] = {}
         for dim in self.schema.dimensions:
             head = self._heads.get(dim.name)
-            x = vectors.get(dim.field or self.schema.data.text)
+            x = _features_of(dim, vectors)
             if dim.kind == "spans":
                 spans = list(backup.labels.get(dim.name) or [])
                 if isinstance(head, SpanHead):
@@ -505,14 +506,14 @@ def fit_heads(
     alpha = config.fallback_weight
 
     def answered(dim: Dimension) -> list[Labelled]:
-        field_name = dim.field or schema.data.text
         return [
-            item for item in labelled if item.example.labels.get(dim.name) is not None and field_name in item.vectors
+            item
+            for item in labelled
+            if item.example.labels.get(dim.name) is not None and _features_of(dim, item.vectors) is not None
         ]
 
     def features(dim: Dimension, head: SingleHead, items: Sequence[Labelled]) -> np.ndarray:
-        field_name = dim.field or schema.data.text
-        x = np.stack([item.vectors[field_name] for item in items])
+        x = np.stack([_features_of(dim, item.vectors) for item in items])
         return _feature_matrix(head, x, np.stack([_fallback_hint(dim, item.backup) for item in items]))
 
     shared: dict[tuple[str, ...], list[Dimension]] = {}
@@ -571,8 +572,7 @@ def _fit_multi(dim: Dimension, items: Sequence[Labelled], schema: Schema, config
     """One class-balanced binary logistic regression per label on [text, weight * fallback's decision]."""
     from sklearn.linear_model import LogisticRegression
 
-    field_name = dim.field or schema.data.text
-    x = np.stack([item.vectors[field_name] for item in items])
+    x = np.stack([_features_of(dim, item.vectors) for item in items])
     hints = np.stack([_fallback_hint(dim, item.backup) for item in items]) * config.fallback_weight
     per_label: list[Any] = []
     n = len(items)
@@ -784,7 +784,7 @@ class InstantLearner:
 
     def _prepare(self, examples: Sequence[Example]) -> list[Labelled]:
         """Embeddings and fallback predictions of the examples, computed once per text and kept between fits."""
-        fields = sorted({d.field or self.schema.data.text for d in self.schema.dimensions if d.kind != "spans"})
+        fields = _embedded_fields(self.schema)
         needed = {t for e in examples for f in fields if (t := _text_of(e.data, f)).strip()}
         fresh = sorted(needed - self._vectors.keys())
         if fresh:  # one embedder call for every text never seen (usually the one just annotated)
@@ -910,6 +910,27 @@ class LearnerWorker:
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _embedded_fields(schema: Schema) -> list[str]:
+    """The task fields whose embeddings the choice heads read (a paired dimension's two)."""
+    return list(
+        dict.fromkeys(
+            name
+            for d in schema.dimensions
+            if d.kind != "spans"
+            for name in (d.pair_with, d.field or schema.data.text)
+            if name
+        )
+    )
+
+
+def _features_of(dim: Dimension, vectors: Mapping[str, Any]) -> np.ndarray | None:
+    """What a choice head reads from one task's field embeddings: the field's, or a paired dimension's pair features
+    (training/pairs.py); None when a field it reads has no text."""
+    present = {name: np.asarray(v)[None, :] for name, v in vectors.items() if v is not None}
+    x = embedding_features(present, reading(dim.field or "", dim.pair_with))
+    return None if x is None else x[0]
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from annotation_config.schema import Schema
 from training.ngram import MIN_ROWS, LinearHead, fit_head, heads_from_arrays, heads_to_arrays, npz_meta, write_npz
+from training.pairs import embedding_features, fields_of, reading
 
 EMBEDDING_FILE = "embedding_heads.npz"
 C_EMBEDDING = 3.0  # inverse L2 strength, chosen on SemEval-2016 CV (1, 3 and 10 tried; BENCHMARKS.md)
@@ -65,6 +66,8 @@ def label_prototypes(schema: Schema, embed: Callable[[Sequence[str]], np.ndarray
     """
     out = {}
     for dim in schema.of_kind("single"):
+        if dim.pair_with:  # "agrees with the headline" means nothing without the headline: the pair features decide
+            continue
         described = [(j, text) for j, label in enumerate(dim.labels) for text in dim.prototype_texts(label) if text]
         if described:
             vectors = embed([text for _, text in described])
@@ -75,11 +78,18 @@ def label_prototypes(schema: Schema, embed: Callable[[Sequence[str]], np.ndarray
 def text_embeddings(
     encoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64, max_length: int = MAX_LENGTH
 ) -> np.ndarray:
-    """Mean-pooled, L2-normalised last hidden states of `encoder` over `texts`, [len(texts), hidden] float32."""
+    """Mean-pooled, L2-normalised last hidden states of `encoder` over `texts`, [len(texts), hidden] float32.
+
+    Each distinct text is encoded once: a body paired with many headlines (FNC-1: 30 a body) costs one pass."""
     import torch
 
     from training.encoder import length_buckets
 
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) < len(texts):
+        position = {text: i for i, text in enumerate(distinct)}
+        unique = text_embeddings(encoder, tokenizer, distinct, batch_size, max_length)
+        return unique[[position[text] for text in texts]]
     device = next(encoder.parameters()).device
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     was_training = encoder.training
@@ -122,7 +132,7 @@ class EmbeddingHeads:
     @property
     def fields(self) -> list[str]:
         """The text fields whose embeddings the heads read."""
-        return sorted({head.field for head in self.heads.values()})
+        return sorted({name for head in self.heads.values() for name in fields_of(head.field)})
 
     @classmethod
     def fit(
@@ -138,13 +148,15 @@ class EmbeddingHeads:
         prototypes = prototypes or {}
         heads: dict[str, LinearHead] = {}
         for dim in dimensions:
-            if dim["kind"] not in ("single", "multi") or dim["field"] not in embeddings:
+            key = reading(dim["field"], dim.get("pair_with"))
+            vectors = embedding_features(embeddings, key)
+            if dim["kind"] not in ("single", "multi") or vectors is None:
                 continue
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), embeddings[dim["field"]][have])
-            head = fit_head(dim, x, [rows[i][dim["name"]] for i in have], C_EMBEDDING)
+            x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), vectors[have])
+            head = fit_head({**dim, "field": key}, x, [rows[i][dim["name"]] for i in have], C_EMBEDDING)
             if head is not None:
                 heads[dim["name"]] = head
         return cls(heads, weight, prototypes)
@@ -152,7 +164,7 @@ class EmbeddingHeads:
     def proba(self, embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Probabilities per fitted head, from each field's embeddings of the same records."""
         return {
-            name: head.proba(self.features(name, len(head.labels), embeddings[head.field]))
+            name: head.proba(self.features(name, len(head.labels), embedding_features(embeddings, head.field)))
             for name, head in self.heads.items()
         }
 

@@ -99,6 +99,7 @@ class MultiHeadConfig(PretrainedConfig):
                 "labels": d.values,
                 "field": d.field or schema.data.text,
                 "target": {"id": d.target.id, "name": d.target.name} if d.target else None,
+                "pair_with": d.pair_with,  # a task field read first, as the pair's first sequence
                 # late: a targeted dimension reads the plain text pass and attends to it with its own query
                 "paired": bool(d.target) and target_encoding == "pair",
             }
@@ -146,21 +147,24 @@ class MultiHeadConfig(PretrainedConfig):
 
 @dataclass(frozen=True)
 class View:
-    """One encoder pass: a text field, alone or paired with a target name."""
+    """One encoder pass: a text field, alone, paired with a target name, or paired with another task field."""
 
     id: str
     field: str
     target: str | None = None
+    pair_field: str | None = None  # the task field read first (a per-task claim or headline)
 
     @property
     def text_segment(self) -> int:
-        """Which sequence of the tokenized input holds the field text (1 after a target, else 0)."""
-        return 1 if self.target is not None else 0
+        """Which sequence of the tokenized input holds the field text (1 after a target or paired field, else 0)."""
+        return 1 if self.target is not None or self.pair_field is not None else 0
 
 
 def view_of(dim: Mapping[str, Any]) -> View:
     """The view a dimension reads."""
     target = dim.get("target")
+    if dim.get("pair_with"):
+        return View(f"{dim['pair_with']}>{dim['field']}", dim["field"], pair_field=dim["pair_with"])
     if target and dim.get("paired", True):  # models saved before "late" existed have no "paired": pair
         return View(f"{dim['field']}|{target['id']}", dim["field"], target["name"])
     return View(dim["field"], dim["field"])
@@ -433,7 +437,13 @@ def encode_views(
         if views is not None and view.id not in views:
             continue
         texts = [str(r.get(view.field) or "") for r in records]
-        if view.target is not None:
+        if view.pair_field is not None:
+            # both from the task: longest_first keeps a long claim from pushing the text out entirely
+            firsts = [str(r.get(view.pair_field) or "") for r in records]
+            enc = tokenizer(
+                firsts, texts, truncation="longest_first", max_length=max_length, return_offsets_mapping=True
+            )
+        elif view.target is not None:
             enc = tokenizer(
                 [view.target] * len(texts),
                 texts,

@@ -10,7 +10,8 @@ quality").
 Features: word 1-2-grams and character 2-5-grams within word boundaries, lower-cased, sublinear TF, IDF from the
 training texts, each block L2-normalised (scikit-learn's TfidfVectorizer, hashed: HashingVectorizer keeps no
 vocabulary, so the fitted state is a few arrays). Only the columns seen in training are kept; unseen n-grams are
-dropped at prediction time, as a vocabulary would. Saved as plain arrays in `ngram.npz` (no pickle: a model folder
+dropped at prediction time, as a vocabulary would. A dimension that reads two fields (schema `pair_with`) reads
+both and their shared n-grams (training/pairs.py). Saved as plain arrays in `ngram.npz` (no pickle: a model folder
 is data, never code).
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.pairs import fields_of, ngram_features, reading
 
 NGRAM_FILE = "ngram.npz"
 N_FEATURES = 2**20  # hash space per block: few collisions at the vocabulary sizes of a project
@@ -86,7 +89,7 @@ class LinearHead:
 
     name: str
     kind: str  # "single" | "multi"
-    field: str
+    field: str  # what it reads: a text field, or a paired reading "<paired>><field>" (training/pairs.py)
     labels: tuple[str, ...]  # the dimension's labels, in the model's order
     coef: np.ndarray  # [labels, width]
     intercept: np.ndarray  # [labels]
@@ -122,31 +125,39 @@ class NgramModel:
         """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension."""
         dims = [d for d in dimensions if d["kind"] in ("single", "multi")]
         features: dict[str, NgramFeatures] = {}
-        heads: dict[str, LinearHead] = {}
-        for field in sorted({d["field"] for d in dims}):
-            texts = [str(row.get(field) or "") for row in rows]
+        for key in sorted({reading(d["field"], d.get("pair_with")) for d in dims}):
+            # a paired reading fits one vocabulary on both fields, so an n-gram they share is one column
+            texts = [str(row.get(name) or "") for name in fields_of(key) for row in rows]
             if not any(texts):
                 continue
-            features[field] = NgramFeatures.fit(texts)
-        matrices = {field: f.transform([str(row.get(field) or "") for row in rows]) for field, f in features.items()}
+            features[key] = NgramFeatures.fit(texts)
+        model = cls(features, {}, weight)
+        matrices = model._matrices(rows)
         for dim in dims:
-            if dim["field"] not in features:
+            key = reading(dim["field"], dim.get("pair_with"))
+            if key not in features:
                 continue
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = matrices[dim["field"]][have]
+            x = matrices[key][have]
             answers = [rows[i][dim["name"]] for i in have]
-            head = fit_head(dim, x, answers, C_SINGLE if dim["kind"] == "single" else C_MULTI)
+            head = fit_head({**dim, "field": key}, x, answers, C_SINGLE if dim["kind"] == "single" else C_MULTI)
             if head is not None:
-                heads[dim["name"]] = head
-        return cls(features, heads, weight)
+                model.heads[dim["name"]] = head
+        return model
+
+    def _matrices(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Per reading key, the feature matrix of `records`."""
+        out = {}
+        for key, fitted in self.features.items():
+            columns = [fitted.transform([str(r.get(name) or "") for r in records]) for name in fields_of(key)]
+            out[key] = columns[0] if len(columns) == 1 else ngram_features(*columns)
+        return out
 
     def proba(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Probabilities per fitted head for task `data` dicts."""
-        matrices = {
-            field: f.transform([str(r.get(field) or "") for r in records]) for field, f in self.features.items()
-        }
+        matrices = self._matrices(records)
         return {name: head.proba(matrices[head.field]) for name, head in self.heads.items()}
 
     def save(self, path: str | Path) -> None:

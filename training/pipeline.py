@@ -15,6 +15,7 @@ from typing import Any
 from annotation_config.errors import WorkbenchError
 from annotation_config.schema import Schema
 from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column
+from training.pairs import fields_of, reading
 from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
 from training.training_args import TrainingArguments
 
@@ -145,7 +146,16 @@ def run_training(
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.model.config
     # the text fields the embedding heads read (none when they are off)
-    embed_fields = sorted({d["field"] for d in config.dimensions if d["kind"] != "spans" and args.embedding_weight > 0})
+    embed_fields = sorted(
+        {
+            name
+            for d in config.dimensions
+            if d["kind"] != "spans"
+            for name in fields_of(reading(d["field"], d.get("pair_with")))
+        }
+        if args.embedding_weight > 0
+        else set()
+    )
     mark = time.perf_counter()
     outputs = {}
     for name in ("validation", "test"):

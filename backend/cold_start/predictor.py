@@ -12,6 +12,9 @@ Used before any model has been trained. Its rule: be right more often than wrong
   definitions only when that is clear, else stays unanswered. Similarity alone never overrules the abstain label:
   in a topical corpus every paragraph resembles every definition a little, and the nearest definition was wrong
   more often than right (stance accuracy 0.22-0.44 on the sample dev set, against 0.58-0.95 for "none").
+- Paired single choice (schema `pair_with`: a body and its headline or claim). Texts whose embeddings are far apart
+  (cosine below PAIR_RELEVANCE_FLOOR) get the dimension's `unrelated_label`; nearer ones are answered as above,
+  never with that label.
 - Multi choice. A label is ticked on a cue match, or when its definition is the text's nearest and stands out.
 - Spans. Whole-word cue matches, scored as hints.
 
@@ -52,6 +55,9 @@ EVIDENCE_SCORE_MAX = 0.75
 # target-bound dimensions without `mentions`: cosine to the target's name/description below which the text is taken
 # not to concern it (MiniLM: unrelated news ~0.0-0.2, a paragraph about the target ~0.4+)
 RELEVANCE_FLOOR = 0.30
+# paired dimensions: cosine of the text to its paired field below which the two are taken to be unrelated (FNC-1
+# training pairs, MiniLM: chosen on bodies 0-299 by bench/train_fnc1.py --cold-start-floors, see BENCHMARKS.md)
+PAIR_RELEVANCE_FLOOR = 0.30
 # a cue attaches to the nearest mention of a target after it ("condemned the US") within this many characters,
 # else to the nearest one before it ("US provocations"); farther away it says nothing about any target
 ATTACH_AFTER = 30
@@ -162,7 +168,11 @@ class ColdStartPredictor:
         self.model_version = f"cold-start-{schema.hash}"
         self._choice_dims = schema.of_kind("single", "multi")
         self._span_dims = schema.of_kind("spans")
-        self._fields = list(dict.fromkeys(dim.field or schema.data.text for dim in schema.dimensions))
+        self._fields = list(
+            dict.fromkeys(
+                name for dim in schema.dimensions for name in (dim.field or schema.data.text, dim.pair_with) if name
+            )
+        )
         self._prototypes, self._index = self._build_prototypes()
         self._cues = {dim.name: _cue_patterns(dim) for dim in self._span_dims}
         # dimensions with the same cues (one per target) share one pattern list, so a text is searched once for them
@@ -171,22 +181,28 @@ class ColdStartPredictor:
             dim.name: shared.setdefault(tuple((lb.value, tuple(lb.cues)) for lb in dim.labels), _evidence_patterns(dim))
             for dim in self._choice_dims
         }
-        self._abstain = {dim.name: abstain_label(dim) for dim in self._choice_dims if dim.kind == "single"}
+        # a paired dimension's unrelated label is answered on distance alone, never as the abstain label
+        self._abstain = {
+            dim.name: abstain_label(_related_labels(dim)) for dim in self._choice_dims if dim.kind == "single"
+        }
         targets = {dim.target.id: dim.target for dim in self._choice_dims if dim.target is not None}
         self._mentions = {tid: _mention_patterns(t) for tid, t in targets.items() if _mention_groups(t)}
 
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """One Prediction per task `data` dict, in order; all texts of the batch go through one embedder call."""
         rows = [{field: _text_of(task, field) for field in self._fields} for task in tasks]
-        choice_fields = {dim.field for dim in self._choice_dims}
+        choice_fields = {name for dim in self._choice_dims for name in (dim.field, dim.pair_with) if name}
         wanted = list(dict.fromkeys(t for row in rows for f, t in row.items() if f in choice_fields and t.strip()))
-        vectors = np.asarray(self.embedder.embed(wanted), dtype=np.float32) if wanted else None
+        vectors = np.asarray(self.embedder.embed(wanted), dtype=np.float32) if wanted else np.zeros((0, 0))
+        vector_of = {text: vectors[i] for i, text in enumerate(wanted)}
         # One matrix-vector product per distinct text (not one matrix product per batch): BLAS picks different
         # kernels for different batch sizes, and a task's scores must not depend on which tasks came with it.
-        similarity = {text: self._prototypes @ vectors[i] for i, text in enumerate(wanted)}
-        return [self._predict_one(row, similarity) for row in rows]
+        similarity = {text: self._prototypes @ vector for text, vector in vector_of.items()}
+        return [self._predict_one(row, similarity, vector_of) for row in rows]
 
-    def _predict_one(self, row: dict[str, str], similarity: dict[str, np.ndarray]) -> Prediction:
+    def _predict_one(
+        self, row: dict[str, str], similarity: dict[str, np.ndarray], vector_of: dict[str, np.ndarray]
+    ) -> Prediction:
         labels: dict[str, Any] = {}
         scores: dict[str, float] = {}
         readings = {field: _Reading(text, self._mentions) for field, text in row.items()}
@@ -199,7 +215,11 @@ class ColdStartPredictor:
                 index = self._index[dim.name]
                 per_label = _label_similarities(sims, index)
                 reading = readings[dim.field]
-                if dim.kind == "single":
+                if dim.kind == "single" and dim.pair_with:
+                    paired = vector_of.get(row[dim.pair_with])
+                    cosine = None if paired is None else float(vector_of[text] @ paired)
+                    value, confidence = self._paired_single(dim, cosine, reading, per_label, sims, index)
+                elif dim.kind == "single":
                     value, confidence = self._single(dim, reading, per_label, sims, index)
                 else:
                     value, confidence = _multi(dim, per_label, reading.evidence(self._evidence[dim.name]))
@@ -214,6 +234,27 @@ class ColdStartPredictor:
         overall = list(scores.values()) or span_scores  # a spans-only schema falls back to its spans
         score = _cap(float(np.mean(overall))) if overall else 0.0
         return Prediction(labels=labels, scores=scores, score=score)
+
+    def _paired_single(
+        self,
+        dim: Dimension,
+        cosine: float | None,
+        reading: _Reading,
+        per_label: np.ndarray,
+        sims: np.ndarray,
+        index: _DimensionIndex,
+    ) -> tuple[str | None, float]:
+        """Far from its paired text: the unrelated label; else answered on evidence, never as unrelated."""
+        unrelated = dim.unrelated_label
+        if unrelated is None:
+            return self._single(dim, reading, per_label, sims, index)
+        if cosine is not None and cosine < PAIR_RELEVANCE_FLOOR:
+            return unrelated, NOT_CONCERNED_SCORE
+        without = _related_labels(dim)
+        keep = np.array([label.value != unrelated for label in dim.labels])
+        if len(without.labels) < 2:
+            return without.labels[0].value, ABSTAIN_SCORE
+        return self._single(without, reading, per_label[keep], sims, index)
 
     def _single(
         self, dim: Dimension, reading: _Reading, per_label: np.ndarray, sims: np.ndarray, index: _DimensionIndex
@@ -233,7 +274,7 @@ class ColdStartPredictor:
             hits = [hit for hit in hits if target.id in reading.attached_targets(hit)]
         # the abstain label's cues ("said", "reported") are no evidence of a side, and a position counts once
         counts = {label.value: 0 for label in dim.labels if label.value != none}
-        for value, _ in {(hit.key, hit.start) for hit in hits if hit.key != none}:
+        for value, _ in {(hit.key, hit.start) for hit in hits if hit.key != none and hit.key in counts}:
             counts[value] += 1
         ranked = sorted(counts.values(), reverse=True) + [0, 0]
         margin = ranked[0] - ranked[1]
@@ -335,6 +376,13 @@ class _Reading:
         sentence_start = max(self._sentence_starts[self.sentence(start)], start - NEGATION_CHARS)
         words = _WORD.findall(self.text[sentence_start:start])[-NEGATION_WINDOW:]
         return any(w.lower() in NEGATIONS or w.lower().endswith(("n't", "n’t")) for w in words)
+
+
+def _related_labels(dim: Dimension) -> Dimension:
+    """The dimension without its unrelated label (itself when it has none)."""
+    if dim.unrelated_label is None:
+        return dim
+    return dim.model_copy(update={"labels": [label for label in dim.labels if label.value != dim.unrelated_label]})
 
 
 def _target_texts(dim: Dimension) -> list[str]:
