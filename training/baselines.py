@@ -6,7 +6,9 @@
   frozen_lr    per dimension, a class-balanced logistic regression on the frozen encoder's mean-pooled embedding
 
 Each is a `crossval.Method`: (schema, train examples, test examples, seed) -> {name: one Prediction per test
-example}. Span dimensions get no spans from any of them (0 F1: a baseline marks nothing).
+example}. Span dimensions get no spans from any of them (0 F1: a baseline marks nothing). A paired dimension (schema
+`pair_with`) reads both fields and how they meet, as the trained model's heads do (training/pairs.py): a baseline
+blind to the headline could not tell "unrelated" at all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from annotation_config.regions import Prediction
 from annotation_config.schema import Schema
 from training.data import Example
+from training.pairs import embedding_pair, fields_of, ngram_features, reading
 
 
 def majority(schema: Schema, train: Sequence[Example], test: Sequence[Example], seed: int) -> dict[str, list]:
@@ -55,7 +58,7 @@ def ngram_svm(schema: Schema, train: Sequence[Example], test: Sequence[Example],
 
         return LinearSVC(C=0.5, class_weight="balanced").fit(x, y)
 
-    return {"n-gram SVM": _per_dimension(schema, train, test, features, fit)}
+    return {"n-gram SVM": _per_dimension(schema, train, test, features, fit, ngram_features)}
 
 
 def frozen_lr(
@@ -78,7 +81,7 @@ def frozen_lr(
 
         return LogisticRegression(C=3.0, class_weight="balanced", max_iter=2000).fit(x, y)
 
-    return {"frozen-encoder LR": _per_dimension(schema, train, test, features, fit)}
+    return {"frozen-encoder LR": _per_dimension(schema, train, test, features, fit, embedding_pair)}
 
 
 _EMBEDDINGS: dict[str, dict[str, np.ndarray]] = {}
@@ -105,22 +108,28 @@ def _per_dimension(
     test: Sequence[Example],
     features: Callable[[Sequence[str]], Callable[[Sequence[str]], Any]],
     fit: Callable[[Any, Any], Any],
+    pair: Callable[[Any, Any], Any],
 ) -> list[Prediction]:
-    """One classifier per choice dimension (one per label for multi choice) on `features` of its text field."""
+    """One classifier per choice dimension (one per label for multi choice) on `features` of its text field, or on
+    `pair`(paired field's, text's features) for a paired dimension."""
     predictions = [Prediction(labels={}) for _ in test]
     transforms: dict[str, Callable[[Sequence[str]], Any]] = {}
     for dim in schema.dimensions:
         if dim.kind == "spans":
             continue
         rows = [e for e in train if e.labels.get(dim.name) is not None]
-        field = dim.field or schema.data.text
+        key = reading(dim.field or schema.data.text, dim.pair_with)
         if not rows:
             continue
-        if field not in transforms:
-            transforms[field] = features([str(e.data.get(field) or "") for e in train])
-        transform = transforms[field]
-        x_train = transform([str(e.data.get(field) or "") for e in rows])
-        x_test = transform([str(e.data.get(field) or "") for e in test])
+        if key not in transforms:  # a paired reading: one transform fitted on both fields
+            transforms[key] = features([str(e.data.get(f) or "") for f in fields_of(key) for e in train])
+        transform = transforms[key]
+
+        def x_of(examples: Sequence[Example], transform: Callable = transform, key: str = key) -> Any:
+            parts = [transform([str(e.data.get(f) or "") for e in examples]) for f in fields_of(key)]
+            return parts[0] if len(parts) == 1 else pair(*parts)
+
+        x_train, x_test = x_of(rows), x_of(test)
         if dim.kind == "single":
             answers = [e.labels[dim.name] for e in rows]
             one = len(set(answers)) < 2

@@ -43,7 +43,12 @@ def embedding_features(vectors: Mapping[str, np.ndarray], key: str) -> np.ndarra
         return None
     if len(parts) == 1:
         return np.asarray(vectors[key])
-    paired, text = (np.asarray(vectors[part], dtype=np.float64) for part in parts)
+    return embedding_pair(vectors[parts[0]], vectors[parts[1]])
+
+
+def embedding_pair(paired: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """[rows, 4 x hidden + 1] pair features of L2-normalised embeddings of the paired field and the text."""
+    paired, text = np.asarray(paired, dtype=np.float64), np.asarray(text, dtype=np.float64)
     product = paired * text
     cosine = product.sum(axis=1, keepdims=True)
     return np.hstack([text, paired, product, np.abs(text - paired), SIMILARITY_SCALE * cosine])
