@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from annotation_config.errors import WorkbenchError
+from training.pairs import reading
 
 if TYPE_CHECKING:
     from annotation_config.schema import Schema
@@ -176,8 +177,9 @@ def model_problem(folder: str | os.PathLike, schema: Schema, version: str | None
             return f"{name}: dimension {dim.name!r} has an unreadable id2label in {LABEL_MAPS_FILE}"
         if sorted(labels) != sorted(dim.values):
             return f"{name}: dimension {dim.name!r} has labels {labels} but {theirs} has {dim.values}"
-        field = str(entry.get("view") or "").split("|")[0]  # the view is "<field>" or "<field>|<target id>"
-        want = dim.field or schema.data.text
+        # the view is "<field>", "<field>|<target id>" or "<paired field>><field>" (training/pairs.py)
+        field = str(entry.get("view") or "").split("|")[0]
+        want = reading(dim.field or schema.data.text, dim.pair_with)
         if field and field != want:
             return f"{name}: dimension {dim.name!r} reads field {field!r} but {theirs} reads {want!r}"
     return None
