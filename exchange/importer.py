@@ -2,8 +2,9 @@
 
 Column mapping (CSV, JSON lines and dataset rows; names come from the schema):
 - task fields: the schema's `data.key`, `data.text`, context, extra and group fields, under their own names. The text
-  is required; a file with no key column at all gets keys derived from the text (`sha1:<16 hex>`), a row with an
-  empty key in a file that has the column is rejected. Other columns are ignored (and named once in the report).
+  is required; a file with no key column at all gets keys derived from the text (`sha1:<16 hex>`; of the text and
+  the paired fields where a dimension has `pair_with`), a row with an empty key in a file that has the column is
+  rejected. Other columns are ignored (and named once in the report).
 - labels: one column per dimension, named like the dimension. Single choice: the label. Multi choice: a JSON list
   (`["Economic", "Political"]`) or labels joined by `;` (`Economic;Political`); `[]` means "answered, nothing
   ticked". Spans: a JSON list of `{"start", "end", "label"}` objects (optional "text", checked against the task
@@ -406,7 +407,10 @@ def _flat_row(
     data = {k: v for k, v in data.items() if v is not None or k in schema.data.shown_fields}
     key = row.get(schema.data.key)
     if derive_key:
-        key = "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        # a body paired with many headlines is many tasks: the paired fields are part of what a task is
+        paired = dict.fromkeys(d.pair_with for d in schema.dimensions if d.pair_with)
+        content = "\x1f".join([text, *(str(data.get(name) or "") for name in paired)])
+        key = "sha1:" + hashlib.sha1(content.encode("utf-8")).hexdigest()[:16]
     elif key is None or (isinstance(key, str) and not key.strip()) or isinstance(key, dict | list | bool):
         raise _RowError(f"no value for the key field {schema.data.key!r}")
     data[schema.data.key] = str(key)

@@ -218,3 +218,26 @@ def test_the_export_keeps_each_task_s_claim(pair_schema: Schema, tmp_path):
     for task in pair_tasks():
         row = by_key[task["data"]["key"]]
         assert row["headline"] == task["data"]["headline"] and row["body"] == task["data"]["body"]
+
+
+def test_a_headline_body_csv_imports_one_task_per_pair(pair_schema: Schema, tmp_path):
+    import csv
+
+    from exchange.importer import as_label_studio_tasks, read_file
+    from training.data import accept
+
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:  # no key column: keys come from the content
+        writer = csv.writer(handle)
+        writer.writerow(["headline", "body", "body_id", "stance"])
+        for task in pair_tasks():
+            data = task["data"]
+            stance = task["annotations"][0]["result"][0]["value"]["choices"][0]
+            writer.writerow([data["headline"], data["body"], data["body_id"], stance])
+    parsed = read_file(path, pair_schema)
+    assert not parsed.rejected and not parsed.duplicates  # one body with four headlines is four tasks
+    assert len(parsed.tasks) == len(pair_tasks())
+    examples = accept(as_label_studio_tasks(parsed, pair_schema), pair_schema).examples
+    assert sorted((e.data["headline"], e.labels["stance"]) for e in examples) == sorted(
+        (t["data"]["headline"], t["annotations"][0]["result"][0]["value"]["choices"][0]) for t in pair_tasks()
+    )
