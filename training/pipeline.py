@@ -171,8 +171,12 @@ def run_training(
     timings["calibrate_seconds"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    embed = _EmbeddingCache(model, tokenizer)
+    for rows, out in outputs.values():
+        for name, vectors in (out.embeddings if out is not None else {}).items():
+            embed.keep([str(r.get(name) or "") for r in rows], vectors)
     ngram, embedding_heads = _fit_companions(
-        config.dimensions, schema, list(dataset["train"]), trained, args, embed_fields
+        config.dimensions, schema, list(dataset["train"]), args, embed_fields, embed
     )
     timings["companions_seconds"] = time.perf_counter() - mark
     companion_rows = len(dataset["train"])
@@ -193,7 +197,7 @@ def run_training(
         and len(refit_rows) > len(dataset["train"])
     ):
         mark = time.perf_counter()
-        ngram, embedding_heads = _fit_companions(config.dimensions, schema, refit_rows, trained, args, embed_fields)
+        ngram, embedding_heads = _fit_companions(config.dimensions, schema, refit_rows, args, embed_fields, embed)
         timings["refit_seconds"] = time.perf_counter() - mark
         companion_rows = len(refit_rows)
 
@@ -303,11 +307,12 @@ def _fit_companions(
     dimensions: list[dict[str, Any]],
     schema: Schema,
     rows: list[dict[str, Any]],
-    trained: Any,
     args: TrainingArguments,
     embed_fields: list[str],
+    embed: Callable[[Sequence[str]], Any],
 ) -> tuple[Any, Any]:
-    """The n-gram heads and the embedding heads fitted on `rows` (either None when its weight is 0)."""
+    """The n-gram heads and the embedding heads fitted on `rows` (either None when its weight is 0); `embed` gives
+    the encoder's sentence embeddings."""
     ngram = None
     if args.ngram_weight > 0:
         from training.ngram import NgramModel
@@ -315,16 +320,38 @@ def _fit_companions(
         ngram = NgramModel.fit(dimensions, rows, weight=args.ngram_weight)
     embedding_heads = None
     if embed_fields:
-        from training.embedding_heads import EmbeddingHeads, label_prototypes, text_embeddings
-
-        def embed(texts: list[str]) -> Any:
-            return text_embeddings(trained.model.encoder, trained.tokenizer, texts)
+        from training.embedding_heads import EmbeddingHeads, label_prototypes
 
         embeddings = {name: embed([str(r.get(name) or "") for r in rows]) for name in embed_fields}
         embedding_heads = EmbeddingHeads.fit(
             dimensions, rows, embeddings, args.embedding_weight, label_prototypes(schema, embed)
         )
     return ngram, embedding_heads
+
+
+class _EmbeddingCache:
+    """The encoder's sentence embedding of each distinct text, computed once per training run (the companions are
+    fitted twice, on the training split and then on every row, and the held-out rows were embedded when scored)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.vectors: dict[str, Any] = {}
+
+    def keep(self, texts: Sequence[str], vectors: Any) -> None:
+        """Remember vectors computed elsewhere (run_model's, for the held-out rows)."""
+        self.vectors.update(zip(texts, vectors, strict=True))
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        from training.embedding_heads import text_embeddings
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if missing:
+            self.keep(missing, text_embeddings(self.model.encoder, self.tokenizer, missing))
+        if not texts:
+            return np.zeros((0, self.model.encoder.config.hidden_size), dtype=np.float32)
+        return np.stack([self.vectors[t] for t in texts])
 
 
 def _fit_temperatures(
