@@ -163,7 +163,7 @@ def trained_pairs(pair_schema: Schema, tmp_path_factory):
 
 def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     from training.modeling import encode_views
-    from training.predict import TrainedPredictor
+    from training.predict import TrainedPredictor, run_model
 
     outcome, _ = trained_pairs
     predictor = TrainedPredictor(outcome.model_dir)
@@ -174,7 +174,8 @@ def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     encoded = encode_views(predictor.tokenizer, predictor.config, records[:1])[0][view.id]
     text = predictor.tokenizer.decode(encoded["input_ids"], skip_special_tokens=True)
     assert text.startswith(records[0]["headline"].lower()[:20]) and "ash and lava" in text
-    raw, flipped = predictor.outputs(records), predictor.outputs(swapped(records))
+    raw = run_model(predictor.model, predictor.tokenizer, records)
+    flipped = run_model(predictor.model, predictor.tokenizer, swapped(records))
     assert not np.allclose(raw.logits["stance"], flipped.logits["stance"])
     for part in (predictor.ngram, predictor.embedding_heads):  # each companion reads the headline too
         assert part is not None and part.heads["stance"].field == "headline>body"
@@ -183,6 +184,22 @@ def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     gold = [t["annotations"][0]["result"][0]["value"]["choices"][0] for t in pair_tasks()]
     assert np.mean([a == g for a, g in zip(answers, gold, strict=True)]) >= 0.9  # it learnt the pairs it saw
     assert answers != [p.labels["stance"] for p in predictor.predict(swapped(records))]
+
+
+def test_a_pass_whose_answers_weigh_nothing_is_skipped_and_changes_nothing(trained_pairs):
+    from training.predict import TrainedPredictor
+
+    outcome, _ = trained_pairs
+    predictor = TrainedPredictor(outcome.model_dir)
+    assert predictor.views == []  # encoder weight 0, both companions have a stance head: no encoder pass serves
+    records = [t["data"] for t in pair_tasks()]
+    skipped = predictor.predict(records)
+    predictor.views = None
+    assert [p.labels for p in predictor.predict(records)] == [p.labels for p in skipped]
+    full = [p.scores["stance"] for p in predictor.predict(records)]
+    assert full == pytest.approx([p.scores["stance"] for p in skipped])
+    predictor.embedding_heads.weight = 0.3  # the encoder's heads weigh 0.2 now: its pass serves again
+    assert predictor._needed_views() is None
 
 
 def test_predict_serves_a_per_task_claim(trained_pairs, pair_schema_file):

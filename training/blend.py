@@ -8,7 +8,7 @@ without a head for a dimension (too few labels) leaves its share to the encoder 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -30,3 +30,9 @@ def blend(encoder: Mapping[str, np.ndarray], parts: Sequence[Part]) -> dict[str,
             mixed = mixed + w * np.asarray(q, dtype=np.float64)
         out[name] = mixed
     return out
+
+
+def encoder_unused(names: Collection[str], parts: Sequence[tuple[float, Collection[str]]]) -> set[str]:
+    """The dimensions among `names` whose encoder probabilities `blend` weighs 0: the companions with a head for the
+    dimension (`parts`: each companion's weight and the dimensions it has heads for) weigh 1 between them."""
+    return {name for name in names if sum(w for w, heads in parts if w > 0 and name in heads) >= 1.0 - 1e-9}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from annotation_config.regions import Prediction
-from training.blend import blend
+from training.blend import blend, encoder_unused
 from training.calibration import THRESHOLDS_FILE, Temperature, load_calibration, load_thresholds, sigmoid, softmax
 from training.embedding_heads import EMBEDDING_FILE, EmbeddingHeads, text_embeddings
 from training.encoder import configure_threads, length_buckets, on_torch_thread
@@ -109,12 +109,14 @@ def run_model(
     max_length: int | None = None,
     labelled_only: bool = False,
     embed_fields: Sequence[str] = (),
+    views: Collection[str] | None = None,
 ) -> ModelOutputs:
     """Run the model over task `data` dicts in length-bucketed batches; outputs are in input order.
 
     `labelled_only` (evaluation, calibration): each view runs only on the records that carry a label for one of its
     dimensions, and other records keep zero logits and no spans. A SemEval tweet has one target of five, so this
     encodes one view per tweet instead of five. `embed_fields`: also the sentence embedding of these text fields.
+    `views`: only these encoder passes (view ids; None: all), the others' dimensions keep zero logits.
     """
     config = model.config
     heads = [d for d in config.dimensions if d["kind"] != "spans"]
@@ -126,7 +128,9 @@ def run_model(
         texts = [str(record.get(name) or "") for record in records]
         out.embeddings[name] = text_embeddings(model.encoder, tokenizer, texts, batch_size)
     if not labelled_only:
-        _run_views(model, tokenizer, records, list(range(len(records))), None, batch_size, max_length, out)
+        if views is None or views:
+            wanted = None if views is None else set(views)
+            _run_views(model, tokenizer, records, list(range(len(records))), wanted, batch_size, max_length, out)
         return out
     for view in config.views:
         names = [d["name"] for d in config.dimensions if view_of(d).id == view.id]
@@ -233,7 +237,21 @@ class TrainedPredictor:
         self.ngram = NgramModel.load(ngram_path) if ngram_path.exists() else None
         self.embedding_heads = EmbeddingHeads.load(embedding_path) if embedding_path.exists() else None
         self.batch_size = batch_size
+        self.views = self._needed_views()
         self._lock = threading.Lock()  # one inference at a time: fast tokenizers are not safe across threads
+
+    def _needed_views(self) -> list[str] | None:
+        """The encoder passes whose outputs serve (None: all). A pass whose every dimension is a choice the
+        companions answer with their whole weight is skipped: the default model (encoder weight 0) runs only the
+        passes its span dimensions need, and one with no span dimension none at all."""
+        parts = [(part.weight, set(part.heads)) for part in (self.ngram, self.embedding_heads) if part is not None]
+        unused = encoder_unused([d["name"] for d in self.dimensions if d["kind"] != "spans"], parts)
+        needed = [
+            v.id
+            for v in self.config.views
+            if any(view_of(d).id == v.id and d["name"] not in unused for d in self.dimensions)
+        ]
+        return None if len(needed) == len(self.config.views) else needed
 
     @property
     def dimensions(self) -> list[dict[str, Any]]:
@@ -244,7 +262,9 @@ class TrainedPredictor:
         """Raw outputs (logits and decoded spans) for task `data` dicts."""
         with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
             fields = self.embedding_heads.fields if self.embedding_heads is not None else ()
-            return on_torch_thread(run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields)
+            return on_torch_thread(
+                run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields, views=self.views
+            )
 
     @property
     def has_companions(self) -> bool:
