@@ -163,7 +163,7 @@ def trained_pairs(pair_schema: Schema, tmp_path_factory):
 
 def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     from training.modeling import encode_views
-    from training.predict import TrainedPredictor, run_model
+    from training.predict import TrainedPredictor
 
     outcome, _ = trained_pairs
     predictor = TrainedPredictor(outcome.model_dir)
@@ -174,9 +174,6 @@ def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     encoded = encode_views(predictor.tokenizer, predictor.config, records[:1])[0][view.id]
     text = predictor.tokenizer.decode(encoded["input_ids"], skip_special_tokens=True)
     assert text.startswith(records[0]["headline"].lower()[:20]) and "ash and lava" in text
-    raw = run_model(predictor.model, predictor.tokenizer, records)
-    flipped = run_model(predictor.model, predictor.tokenizer, swapped(records))
-    assert not np.allclose(raw.logits["stance"], flipped.logits["stance"])
     for part in (predictor.ngram, predictor.embedding_heads):  # each companion reads the headline too
         assert part is not None and part.heads["stance"].field == "headline>body"
     assert set(predictor.embedding_heads.fields) == {"headline", "body"}
@@ -184,6 +181,37 @@ def test_a_trained_model_reads_both_fields_in_every_part(trained_pairs):
     gold = [t["annotations"][0]["result"][0]["value"]["choices"][0] for t in pair_tasks()]
     assert np.mean([a == g for a, g in zip(answers, gold, strict=True)]) >= 0.9  # it learnt the pairs it saw
     assert answers != [p.labels["stance"] for p in predictor.predict(swapped(records))]
+
+
+def test_the_encoder_learns_from_the_pair_when_its_heads_weigh_something(pair_schema: Schema, tmp_path):
+    from tests.test_training_pipeline import TINY
+    from training.pipeline import run_training
+    from training.predict import TrainedPredictor, run_model
+
+    args = replace(TINY, epochs=0, ngram_weight=0.3, embedding_weight=0.3, split_ratios=(0.67, 0.17, 0.16))
+    outcome = run_training(pair_tasks(), pair_schema, tmp_path / "models", args, source="pairs")
+    assert "companion_only_views" not in json.loads((outcome.model_dir / "manifest.json").read_text())["chosen"]
+    predictor = TrainedPredictor(outcome.model_dir)
+    assert predictor.views is None  # its heads weigh 0.4: the pair pass serves
+    records = [t["data"] for t in pair_tasks()]
+    raw = run_model(predictor.model, predictor.tokenizer, records)
+    flipped = run_model(predictor.model, predictor.tokenizer, swapped(records))
+    assert not np.allclose(raw.logits["stance"], flipped.logits["stance"])
+
+
+def test_without_fine_tuning_a_pass_the_companions_answer_is_not_probed(trained_pairs):
+    from training.predict import TrainedPredictor, run_model
+
+    outcome, _ = trained_pairs
+    manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
+    assert manifest["chosen"]["companion_only_views"] == ["headline>body"]
+    predictor = TrainedPredictor(outcome.model_dir)
+    # its heads answer the training rows' add-one smoothed label shares (whole counts over n + 3), whatever the pair
+    logits = run_model(predictor.model, predictor.tokenizer, [t["data"] for t in pair_tasks()[:5]]).logits["stance"]
+    assert np.allclose(logits, logits[0])
+    shares = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    train_size = manifest["splits"]["train"]
+    assert shares * (train_size + 3) == pytest.approx(np.round(shares * (train_size + 3)), abs=5e-3)
 
 
 def test_a_pass_whose_answers_weigh_nothing_is_skipped_and_changes_nothing(trained_pairs):
