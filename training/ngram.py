@@ -56,9 +56,12 @@ class NgramFeatures:
         """IDF (scikit-learn's smooth form) over the columns that occur in `texts`."""
         columns, idf = [], []
         n = len(texts)
+        distinct, index = _distinct(texts)
+        repeats = np.bincount(index, minlength=len(distinct))  # a text's document frequency counts every copy
         for vectorizer in _vectorizers():
-            counts = vectorizer.transform(texts).tocsc()
-            df = np.diff(counts.indptr)
+            present = vectorizer.transform(distinct)
+            present.data[:] = 1
+            df = np.asarray(present.T @ repeats).ravel()
             seen = np.flatnonzero(df)
             columns.append(seen.astype(np.int64))
             idf.append((np.log((1.0 + n) / (1.0 + df[seen])) + 1.0).astype(np.float32))
@@ -70,16 +73,25 @@ class NgramFeatures:
         return int(sum(len(c) for c in self.columns))
 
     def transform(self, texts: Sequence[str]) -> Any:
-        """A CSR matrix [len(texts), width]: sublinear TF x IDF, each block L2-normalised."""
+        """A CSR matrix [len(texts), width]: sublinear TF x IDF, each block L2-normalised. Each distinct text is
+        analysed once (a body paired with many headlines)."""
         from scipy import sparse
         from sklearn.preprocessing import normalize
 
+        distinct, index = _distinct(texts)
         blocks = []
         for vectorizer, columns, idf in zip(_vectorizers(), self.columns, self.idf, strict=True):
-            counts = vectorizer.transform(texts).tocsc()[:, columns].tocsr().astype(np.float64)
+            counts = vectorizer.transform(distinct).tocsc()[:, columns].tocsr().astype(np.float64)
             counts.data = np.log1p(counts.data)
             blocks.append(normalize(counts.multiply(idf.astype(np.float64)).tocsr()))
-        return sparse.hstack(blocks, format="csr")
+        return sparse.hstack(blocks, format="csr")[index]
+
+
+def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct texts in first-seen order, and each text's position among them."""
+    position: dict[str, int] = {}
+    index = np.array([position.setdefault(text, len(position)) for text in texts], dtype=np.int64)
+    return list(position), index
 
 
 @dataclass(frozen=True)
