@@ -11,7 +11,9 @@ pair pass (target name, field text). The sample schema therefore costs 1 + 3 pas
 instead of 1 + one per dimension. The trade-off: forward cost grows with the number of targets, in exchange for one
 set of stance heads that read the target (the alternative, one pass with per-target heads, is cheaper but cannot
 share knowledge across targets nor take a new target without new data). In training, a pair pass only runs on the
-rows that carry a label for one of its dimensions, so sparsely labelled targets cost little.
+rows that carry a label for one of its dimensions, so sparsely labelled targets cost little. A dimension paired with
+a second task field (schema `pair_with`: a per-task claim or headline) has a pass of its own: (that field's text,
+the dimension's text).
 
 Target encoding "late" (opt-in, `--target-encoding late`) is that cheaper alternative: every dimension of a field
 reads the one plain pass, and a targeted single/multi-choice head reads [mean of the tokens; the tokens attended
