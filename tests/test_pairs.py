@@ -286,3 +286,17 @@ def test_a_headline_body_csv_imports_one_task_per_pair(pair_schema: Schema, tmp_
     assert sorted((e.data["headline"], e.labels["stance"]) for e in examples) == sorted(
         (t["data"]["headline"], t["annotations"][0]["result"][0]["value"]["choices"][0]) for t in pair_tasks()
     )
+
+
+def test_cross_validation_reports_the_encoder_alone_only_when_it_learnt(pair_schema: Schema):
+    from tests.test_training_pipeline import TINY
+    from training.crossval import model_method
+    from training.data import accept
+
+    examples = accept(pair_tasks(), pair_schema).examples
+    train, test = examples[:16], examples[16:]
+    unprobed = model_method(replace(TINY, epochs=0))(pair_schema, train, test, 3)
+    assert list(unprobed) == ["trained model"]  # its encoder heads answer label shares: nothing to report
+    probed = model_method(replace(TINY, epochs=0, ngram_weight=0.3, embedding_weight=0.3))(pair_schema, train, test, 3)
+    assert list(probed) == ["trained model", "trained model, encoder heads alone"]
+    assert len(probed["trained model, encoder heads alone"]) == len(test)

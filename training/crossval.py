@@ -11,6 +11,7 @@ fold.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -22,6 +23,7 @@ from annotation_config.regions import labels_to_results
 from annotation_config.schema import Schema
 from training.data import Example, assign_folds
 from training.evaluation import dimension_score, evaluate_predictions
+from training.registry import MANIFEST_FILE
 from training.training_args import TrainingArguments
 
 # (schema, training examples, held-out examples, seed) -> {method name: one Prediction per held-out example}. One
@@ -174,7 +176,9 @@ def as_tasks(examples: Sequence[Example], schema: Schema) -> list[dict[str, Any]
 
 def model_method(args: TrainingArguments | None = None) -> Method:
     """The model as `workbench train` trains it (seeded per CV seed), answering twice: as served ("trained model",
-    the blend of its embedding and n-gram heads with the encoder's) and as its encoder's own heads alone."""
+    the blend of its embedding and n-gram heads with the encoder's) and as its encoder's own heads alone (left out
+    when the encoder's heads learnt nothing: without fine-tuning, passes the companions answer wholly are not probed
+    and their heads answer the label shares, a majority baseline)."""
     args = args or TrainingArguments()
 
     def run(schema: Schema, train: Sequence[Example], test: Sequence[Example], seed: int) -> dict[str, list]:
@@ -187,9 +191,14 @@ def model_method(args: TrainingArguments | None = None) -> Method:
             outcome = run_training(as_tasks(train, schema), schema, scratch, fold_args, promote=False, source="cv")
             predictor = TrainedPredictor(outcome.model_dir)
             records = [e.data for e in test]
+            manifest = json.loads((outcome.model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+            unprobed = set(manifest.get("chosen", {}).get("companion_only_views", []))
+            probed = [v.id for v in predictor.config.views if v.id not in unprobed]
+            if predictor.has_companions and probed:
+                predictor.views = None  # every pass, so the encoder alone can answer too (served answers unchanged)
             raw = predictor.outputs(records)  # one forward pass answers for both
             served = predictor.predictions(raw, predictor.probabilities(raw, records), len(records))
-            if not predictor.has_companions:
+            if not predictor.has_companions or not probed:
                 return {"trained model": served}
             encoder = raw.probabilities(predictor.dimensions, predictor.temperatures)
             alone = predictor.predictions(raw, encoder, len(records))
