@@ -442,7 +442,13 @@ def test_fine_tuning_starts_from_the_probed_heads(schema, tokenizer):
     def loss_after(probe_epochs: int) -> tuple[float, dict]:
         # one fine-tuning step, taken at warm-up's zero learning rate: what serves is what fine-tuning started from
         args = TrainingArguments(
-            epochs=5, max_steps=1, batch_size=4, max_length=32, probe_epochs=probe_epochs, progress=False, threads=1,
+            epochs=5,
+            max_steps=1,
+            batch_size=4,
+            max_length=32,
+            probe_epochs=probe_epochs,
+            progress=False,
+            threads=1,
             seed=3,
         )
         result = train_model({"train": rows}, schema, args)
