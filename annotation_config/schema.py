@@ -162,7 +162,8 @@ class Dimension(_Strict):
 
     @property
     def reads(self) -> tuple[str, ...]:
-        """The task fields the model reads for this dimension: the paired field first, as it is encoded."""
+        """The task fields the model reads for this dimension: the paired field first, as it is encoded. (`field` is
+        set once the schema is validated: the text field unless the dimension names another.)"""
         field = self.field or ""
         return (self.pair_with, field) if self.pair_with else (field,)
 

@@ -914,15 +914,7 @@ class LearnerWorker:
 
 def _embedded_fields(schema: Schema) -> list[str]:
     """The task fields whose embeddings the choice heads read (a paired dimension's two)."""
-    return list(
-        dict.fromkeys(
-            name
-            for d in schema.dimensions
-            if d.kind != "spans"
-            for name in (d.pair_with, d.field or schema.data.text)
-            if name
-        )
-    )
+    return list(dict.fromkeys(name for d in schema.dimensions if d.kind != "spans" for name in d.reads))
 
 
 def _features_of(dim: Dimension, vectors: Mapping[str, Any]) -> np.ndarray | None:

@@ -191,11 +191,7 @@ def run_training(
     # The scores above are the train-split heads' on rows they never saw. What serves is refitted on every accepted
     # row: at 20-80 labels the held-out 20% is a large share of what the annotator taught (as sklearn's refit).
     refit_rows = [*dataset["train"], *dataset["validation"], *dataset["test"]]
-    if (
-        args.refit_heads
-        and (ngram is not None or embedding_heads is not None)
-        and len(refit_rows) > len(dataset["train"])
-    ):
+    if args.refit_heads and companions and len(refit_rows) > len(dataset["train"]):
         mark = time.perf_counter()
         ngram, embedding_heads = _fit_companions(config.dimensions, schema, refit_rows, args, embed_fields, embed)
         timings["refit_seconds"] = time.perf_counter() - mark

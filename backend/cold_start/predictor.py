@@ -169,11 +169,7 @@ class ColdStartPredictor:
         self.model_version = f"cold-start-{schema.hash}"
         self._choice_dims = schema.of_kind("single", "multi")
         self._span_dims = schema.of_kind("spans")
-        self._fields = list(
-            dict.fromkeys(
-                name for dim in schema.dimensions for name in (dim.field or schema.data.text, dim.pair_with) if name
-            )
-        )
+        self._fields = list(dict.fromkeys(name for dim in schema.dimensions for name in dim.reads))
         self._prototypes, self._index = self._build_prototypes()
         self._cues = {dim.name: _cue_patterns(dim) for dim in self._span_dims}
         # dimensions with the same cues (one per target) share one pattern list, so a text is searched once for them
@@ -192,7 +188,7 @@ class ColdStartPredictor:
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """One Prediction per task `data` dict, in order; all texts of the batch go through one embedder call."""
         rows = [{field: _text_of(task, field) for field in self._fields} for task in tasks]
-        choice_fields = {name for dim in self._choice_dims for name in (dim.field, dim.pair_with) if name}
+        choice_fields = {name for dim in self._choice_dims for name in dim.reads}
         wanted = list(dict.fromkeys(t for row in rows for f, t in row.items() if f in choice_fields and t.strip()))
         vectors = np.asarray(self.embedder.embed(wanted), dtype=np.float32) if wanted else np.zeros((0, 0))
         vector_of = {text: vectors[i] for i, text in enumerate(wanted)}
