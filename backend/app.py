@@ -106,7 +106,7 @@ def default_predictors(settings: Settings, schema: Schema):
     def trained(version: str, folder: Path) -> Predictor:
         from training.predict import TrainedPredictor
 
-        return TrainedPredictor(folder, threads=settings.threads)
+        return TrainedPredictor(folder, threads=settings.threads, runtime=settings.trained_runtime)
 
     return cold_start, trained
 

@@ -101,6 +101,9 @@ class Health(BaseModel):
     status: Literal["UP"]
     model_version: str
     model_kind: str | None = None
+    model_runtime: str | None = Field(
+        default=None, description="What runs the served model's encoder, e.g. 'onnx-int8 (why)' or 'torch-fp32 (why)'."
+    )
     rung: Literal["cold-start", "instant", "trained"] | None = None
     rung_reason: str | None = None
     instant: dict[str, Any] | None = Field(default=None, description="Per project: its instant learner's state.")

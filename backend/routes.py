@@ -62,6 +62,7 @@ def health(request: Request) -> Any:
         status="UP",
         model_version=current.model_version,
         model_kind=current.kind,
+        model_runtime=getattr(current, "runtime_description", None),
         rung=rung.name,
         rung_reason=rung.reason,
         instant=service.ladder.snapshot(),

@@ -222,7 +222,7 @@ def train_and_score(
     started = time.perf_counter()
     outcome = run_training(tasks, schema, scratch / label, targs, promote=False, source=f"semeval2016 {label}")
     wall = time.perf_counter() - started
-    predictor = TrainedPredictor(outcome.model_dir)
+    predictor = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # run_model below needs the torch encoder
     mark = time.perf_counter()
     probs = target_probabilities(predictor, schema, test)
     infer = time.perf_counter() - mark

@@ -191,7 +191,7 @@ def test_the_encoder_learns_from_the_pair_when_its_heads_weigh_something(pair_sc
     args = replace(TINY, epochs=0, ngram_weight=0.3, embedding_weight=0.3, split_ratios=(0.67, 0.17, 0.16))
     outcome = run_training(pair_tasks(), pair_schema, tmp_path / "models", args, source="pairs")
     assert "companion_only_views" not in json.loads((outcome.model_dir / "manifest.json").read_text())["chosen"]
-    predictor = TrainedPredictor(outcome.model_dir)
+    predictor = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # run_model below needs torch's encoder
     assert predictor.views is None  # its heads weigh 0.4: the pair pass serves
     records = [t["data"] for t in pair_tasks()]
     raw = run_model(predictor.model, predictor.tokenizer, records)
@@ -205,7 +205,7 @@ def test_without_fine_tuning_a_pass_the_companions_answer_is_not_probed(trained_
     outcome, _ = trained_pairs
     manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
     assert manifest["chosen"]["companion_only_views"] == ["headline>body"]
-    predictor = TrainedPredictor(outcome.model_dir)
+    predictor = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # run_model below needs torch's encoder
     # its heads answer the training rows' add-one smoothed label shares (whole counts over n + 3), whatever the pair
     logits = run_model(predictor.model, predictor.tokenizer, [t["data"] for t in pair_tasks()[:5]]).logits["stance"]
     assert np.allclose(logits, logits[0])

@@ -110,7 +110,7 @@ def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: 
     outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, source="synthetic")
     assert (outcome.model_dir / NGRAM_FILE).exists() and (outcome.model_dir / EMBEDDING_FILE).exists()
     assert "test_encoder" in outcome.metrics and "primary" in outcome.metrics["test_encoder"]
-    predictor = TrainedPredictor(outcome.model_dir)
+    predictor = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # compared with torch's encoder below
     assert predictor.ngram is not None and predictor.ngram.weight == 0.3
     assert predictor.embedding_heads is not None and predictor.embedding_heads.weight == 0.4
     records = [{"text": "Moscow calls the warnings Western propaganda and hype.", "article_id": "x"}]
@@ -235,7 +235,7 @@ def test_epochs_zero_serves_the_heads_fitted_on_the_frozen_encoder(schema: Schem
     outcome = run_training(synthetic_export(16), schema, tmp_path / "m", replace(TINY, epochs=0), source="synthetic")
     manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
     assert manifest["chosen"]["epochs"] == 0 and outcome.timings["steps"] == 0
-    served = TrainedPredictor(outcome.model_dir)
+    served = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # its torch encoder is compared below
     from training.modeling import MultiHeadModel
 
     fresh = MultiHeadModel.with_encoder(served.config, TINY.encoder)

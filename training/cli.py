@@ -19,6 +19,7 @@ from rich.console import Console
 
 from annotation_config.errors import CommandError, WorkbenchError
 from studio.options import ApiKeyOption, FromExportOption, ProjectOption, SchemaOption, SourceUrlOption
+from training.distributed import is_main_process  # torch-free
 from training.registry import JOB_TOKEN_ENV, SKIPPED_EXIT_CODE, SKIPPED_EXIT_ENV  # torch-free
 
 if TYPE_CHECKING:
@@ -77,10 +78,14 @@ def train_command(
         rival=rival,
     )
     accepted = outcome.accepted
+    if outcome.status == "worker":  # a data-parallel process other than rank 0: rank 0 reports for all
+        return 0
     if outcome.status == "skipped":
-        out.print(outcome.message)  # the last line: the backend's job runner shows it in /health
+        if is_main_process():  # every launched process finds the same nothing-new; one says so
+            out.print(outcome.message)  # the last line: the backend's job runner shows it in /health
         return skipped_exit_code
     out.print(accepted.summary())
+    _print_processes(outcome.training)
     for held in accepted.held_out[:20]:
         where = held.dimension or "whole task"
         out.print(f"  held out: task {held.task_id} ({held.key}) {where}: {held.reason}")
@@ -305,6 +310,17 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _print_processes(training: Mapping[str, Any]) -> None:
+    """One line on data parallelism: how many processes fine-tuned, and the batch an optimizer step saw."""
+    if "global_batch" not in training:  # no fine-tuning (epochs 0): the frozen encoder's heads, on one process
+        return
+    processes, per_device = training.get("processes", 1), training.get("per_device_batch")
+    out.print(
+        f"trained on {processes} process{'es' if processes != 1 else ''}: global batch {training.get('global_batch')}"
+        f" ({processes} x {per_device} per device)"
+    )
+
+
 def _print_report(report: Mapping[str, Any], name: str) -> None:
     from rich.table import Table
 
@@ -429,6 +445,13 @@ def train(
             help="After scoring, refit the n-gram and embedding heads on all accepted rows for serving.",
         ),
     ] = None,
+    onnx: Annotated[
+        bool | None,
+        typer.Option(
+            "--onnx/--no-onnx",
+            help="Export to ONNX int8; it serves if within 0.5 points of torch on the test split.",
+        ),
+    ] = None,
     group_by_length: Annotated[
         bool | None,
         typer.Option(
@@ -441,6 +464,10 @@ def train(
     ] = None,
     mixed_precision: Annotated[str | None, typer.Option(help="auto, no, bf16 or fp16.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per encoder pass.")] = None,
+    classifier_dropout: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Dropout before the heads (0: runs on N processes match one process)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, initialisation, order).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
@@ -465,10 +492,12 @@ def train(
         "embedding_weight": embedding_weight,
         "tune_thresholds": tune_thresholds,
         "refit_heads": refit_heads,
+        "onnx": onnx,
         "group_by_length": group_by_length,
         "freeze_layers": freeze_layers,
         "mixed_precision": mixed_precision,
         "max_length": max_length,
+        "classifier_dropout": classifier_dropout,
         "seed": seed,
         "device": device,
         "threads": threads,

@@ -15,6 +15,7 @@ from typing import Any
 from annotation_config.errors import WorkbenchError
 from annotation_config.schema import Schema
 from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column
+from training.distributed import is_main_process, rank
 from training.pairs import fields_of, reading
 from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
 from training.training_args import TrainingArguments
@@ -38,7 +39,7 @@ class NoAcceptedData(WorkbenchError, ValueError):
 class TrainingOutcome:
     """What a run did: skipped (no new data) or trained a version, and whether it was promoted and why."""
 
-    status: str  # "trained" or "skipped"
+    status: str  # "trained", "skipped", or "worker" (a data-parallel process other than rank 0: wrote nothing)
     message: str
     data_hash: str
     accepted: AcceptedData
@@ -47,6 +48,7 @@ class TrainingOutcome:
     promotion: PromotionResult | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # {"test": report, "validation": report}
     timings: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # data parallelism (TrainResult.distributed)
 
     @property
     def promoted(self) -> bool:
@@ -140,6 +142,10 @@ def run_training(
     mark = time.perf_counter()
     trained = train_model(dataset, schema, args)
     timings["train_seconds"] = time.perf_counter() - mark
+    if not is_main_process():
+        # Data parallel (accelerate launch / torchrun): every process trained, rank 0 alone evaluates, saves and
+        # promotes. The others hold no collective from here on, so they may leave now, having written nothing.
+        return TrainingOutcome("worker", f"process {rank()} done training", digest, accepted, timings=timings)
     timings["train_phases"] = trained.phases
     timings["device"] = trained.device
     timings["steps"] = trained.steps
@@ -228,6 +234,13 @@ def run_training(
             from training.embedding_heads import EMBEDDING_FILE
 
             embedding_heads.save(folder / EMBEDDING_FILE)
+        serving = {"runtime": "torch-fp32", "reason": "ONNX export turned off (--no-onnx)"}
+        if args.onnx:
+            from training.onnx_serving import check_onnx_runtime
+
+            mark_onnx = time.perf_counter()
+            serving = check_onnx_runtime(folder, model, tokenizer, outputs["test"][0])
+            timings["onnx_seconds"] = time.perf_counter() - mark_onnx
         save_report(metrics["test"], folder, name="report.json", plots=True)
         (folder / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         for name in ("validation", "test"):
@@ -248,6 +261,7 @@ def run_training(
             "seed": args.seed,
             "encoder": args.encoder,
             "hyperparameters": args.to_dict(),
+            "serving": serving,  # what runs the encoder when served: ONNX int8 if it passed its check, and why
             "chosen": trained.settings,  # what target_encoding "auto" and the CPU epoch budget chose
             "code_revision": code_revision(),
             "source": source,
@@ -260,6 +274,7 @@ def run_training(
             "scores": {name: metrics[name].get("primary") for name in ("validation", "test")},
             "best_epoch": trained.best_epoch,
             "stopped_early": trained.stopped_early,
+            "training": trained.distributed,  # data parallelism: processes, per-device and global batch
             "timings": timings,
             "versions": _library_versions(),
         }
@@ -287,7 +302,7 @@ def run_training(
     if pruned:
         message += f"; removed {len(pruned)} old version(s), keeping the newest {keep_versions}"
     return TrainingOutcome(
-        "trained", message, digest, accepted, version, model_dir, promotion, metrics, timings=timings
+        "trained", message, digest, accepted, version, model_dir, promotion, metrics, timings, trained.distributed
     )
 
 

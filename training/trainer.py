@@ -17,7 +17,8 @@ from torch import nn
 
 from annotation_config.errors import WorkbenchError
 from annotation_config.schema import Schema
-from training.encoder import configure_threads, resolve_encoder_path
+from training.distributed import local_world_size, process_device, world_size
+from training.encoder import allowed_cpus, configure_threads, resolve_encoder_path
 from training.modeling import (
     BIO,
     IGNORE,
@@ -54,6 +55,8 @@ class TrainResult:
     device: str = "cpu"
     steps: int = 0
     settings: dict[str, Any] = field(default_factory=dict)  # what "auto" and the CPU budget chose for this run
+    # data parallelism: {"processes", "per_device_batch", "global_batch"} (one process without a launcher)
+    distributed: dict[str, Any] = field(default_factory=dict)
 
 
 def load_tokenizer(encoder: str | None):
@@ -208,9 +211,10 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
     val_rows = list(dataset["validation"]) if "validation" in dataset else []
     if not train_rows:
         raise TrainingError("the training split is empty: accept more annotations first")
-    device = args.resolved_device()
+    device = process_device(args.resolved_device())
     if device == "cpu":
-        configure_threads(args.threads)
+        # processes launched on one machine share its cores: each taking all of them would oversubscribe them
+        configure_threads(args.threads or max(1, allowed_cpus() // local_world_size()))
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.encoder)
     target_encoding = choose_target_encoding(args.target_encoding, schema, train_rows)
@@ -249,6 +253,7 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
 
     if epochs <= 0 and args.max_steps <= 0:  # the heads on the frozen encoder: no fine-tuning
         model.to(device).eval()
+        # nothing is data-parallel here (every launched process probes the same heads) and no batch is fine-tuned
         return TrainResult(
             model=model,
             tokenizer=tokenizer,
@@ -256,6 +261,7 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
             phases=phases,
             device=device,
             settings=settings,
+            distributed={"processes": 1},
         )
 
     precision = args.resolved_precision()
@@ -285,6 +291,9 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
             label_names=["labels"],
             dataloader_pin_memory=device.startswith("cuda"),
             prediction_loss_only=True,
+            # A view with no labelled row in a batch skips its encoder pass, so its heads get no gradient on that
+            # process: DDP must look for unused parameters or it waits for their gradients forever.
+            ddp_find_unused_parameters=True,
         )
         keeper = _KeepBest(args.early_stopping_patience, TrainerCallback)
         trainer = _trainer_class(Trainer)(
@@ -319,6 +328,11 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
         device=str(trainer.args.device),
         steps=trainer.state.global_step,
         settings=settings,
+        distributed={
+            "processes": hf_args.world_size,
+            "per_device_batch": args.batch_size,
+            "global_batch": hf_args.world_size * args.batch_size,
+        },
     )
 
 
@@ -391,7 +405,9 @@ def budgeted_epochs(
         return args.epochs
     encoder = config.encoder_config
     scale = encoder.get("num_hidden_layers", _BUDGET_LAYERS) * encoder.get("hidden_size", _BUDGET_WIDTH) ** 2
-    cost = epoch_tokens(rows, items, config, args.batch_size, args.seed) * scale / (_BUDGET_LAYERS * _BUDGET_WIDTH**2)
+    # batches as one process with the global batch draws them: N processes x batch b pick what 1 x N*b picks
+    batch = args.batch_size * world_size()
+    cost = epoch_tokens(rows, items, config, batch, args.seed) * scale / (_BUDGET_LAYERS * _BUDGET_WIDTH**2)
     if cost <= 0:
         return args.epochs
     return round(max(min(args.epochs, 1.0), min(args.epochs, args.cpu_budget_tokens / cost)), 2)
@@ -561,20 +577,38 @@ LENGTH_GROUP_BATCHES = 4
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Shuffled groups of LENGTH_GROUP_BATCHES batches, sorted by length inside (transformers' grouping)."""
+    """Shuffled groups of LENGTH_GROUP_BATCHES batches, sorted by length inside (transformers' grouping).
 
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+    `batch_size` is the global batch (per-device batch x processes): under data parallelism accelerate deals
+    consecutive per-device batches of this order to the processes in turn, so each global batch is one sorted run,
+    the same one a single process with the global batch draws. The order comes from `seed` and the epoch alone
+    (not torch's global generator, which dropout advances differently on each process), so every process computes
+    the same order and their shards neither overlap nor miss rows.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of `epoch` next (the Trainer calls this before each epoch)."""
+        self.epoch = epoch
+
     def __iter__(self):  # noqa: ANN204
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
-        # torch's global generator: seeded by set_seed, so the order is reproducible
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=LENGTH_GROUP_BATCHES))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1  # a caller that never calls set_epoch still gets a new order each epoch
+        return iter(
+            get_length_grouped_indices(
+                self.lengths, self.batch_size, mega_batch_mult=LENGTH_GROUP_BATCHES, generator=generator
+            )
+        )
 
 
 def _trainer_class(base: type) -> type:
@@ -592,7 +626,10 @@ def _trainer_class(base: type) -> type:
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 (transformers' signature)
             if self.item_lengths is None:
                 return super()._get_train_sampler(train_dataset)
-            return LengthGroupedSampler(self.item_lengths, self.args.train_batch_size)
+            # grouped by the global batch, so N processes x batch b draw what one process x batch N*b draws
+            global_batch = self.args.train_batch_size * self.args.world_size
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedSampler(self.item_lengths, global_batch, seed=seed)
 
         def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001, ANN202
             if self.item_lengths is None:

@@ -62,6 +62,9 @@ class TrainingArguments:
     # after scoring, refit the n-gram and embedding heads on every accepted row (train + validation + test) for
     # serving; the metrics stay those of the train-split heads on unseen rows
     refit_heads: bool = True
+    # export the encoder to ONNX int8 with the version; it serves if its test-split scores match torch fp32's
+    # (training/onnx_serving.py)
+    onnx: bool = True
     group_by_length: bool = False  # batches of similar length: less padding, faster steps, lower scores measured
     freeze_layers: int = 0  # freeze the embeddings and this many lower encoder layers: no backward pass through them
     progress: bool = True  # a progress bar and per-epoch losses on the console

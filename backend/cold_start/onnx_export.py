@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from training.encoder import allowed_cpus
+from training.onnx_graph import fuse_transformer_graph as _fuse
+from training.onnx_graph import onnx_session
+from training.onnx_graph import quantize_int8 as _quantize
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,6 @@ VERIFY_TEXTS = (
     "Russia's borders, while satellite images showed troops massing near Ukraine.",
     "Sanctions hit trade. 😀 پیمان روسیه و چین",
 )
-# onnxruntime's CPU SkipLayerNormalization kernel (residual Add + LayerNorm in one op) is ~10x slower than Add
-# followed by LayerNormalization (onnxruntime 1.32, [268, 384] fp32: 0.64 ms against 0.07 ms): neither the
-# transformer optimizer nor the session may fuse it; unfused, MiniLM int8 runs ~25% faster
-SLOW_FUSIONS = ("SkipLayerNormFusion",)
-# model types whose graph onnxruntime's "bert" optimizer can fuse (others still get onnxruntime's generic fusions)
-_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet", "distilbert", "ernie"}
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,50 +163,6 @@ def _export(model: torch.nn.Module, tokenizer, target: Path) -> None:
     wrapper.eval()  # export may flip train mode back on; the torch model is reused by _verify
 
 
-def _fuse(source: Path, config, target: Path) -> Path:
-    """Attention, embedding+LayerNorm, bias+GELU and skip+LayerNorm fusions (onnxruntime.transformers)."""
-    if config.model_type not in _BERT_LIKE:
-        return source
-    try:
-        from onnxruntime.transformers.fusion_options import FusionOptions
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        options = FusionOptions("bert")
-        options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False  # see SLOW_FUSIONS
-        with _quiet_onnxruntime():
-            optimized = optimize_model(
-                str(source),
-                model_type="bert",
-                num_heads=int(config.num_attention_heads),
-                hidden_size=int(config.hidden_size),
-                optimization_options=options,
-                opt_level=0,  # python fusions only; the session applies onnxruntime's own graph optimizations
-            )
-            optimized.save_model_to_file(str(target))
-        log.debug("ONNX fusions: %s", optimized.get_fused_operator_statistics())
-        return target
-    except Exception as error:  # unfused graphs are correct, just slower
-        log.info("ONNX transformer fusions skipped (%s: %s)", type(error).__name__, error)
-        return source
-
-
-def _quantize(source: Path, target: Path) -> Path:
-    """Dynamic int8: per-channel symmetric int8 weights, per-tensor asymmetric uint8 activations (full 8 bits)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet_onnxruntime():
-        quantize_dynamic(
-            str(source),
-            str(target),
-            per_channel=True,
-            reduce_range=False,
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused contrib ops carry no type info
-        )
-    return target
-
-
 def _verify(graph: Path, model: torch.nn.Module, tokenizer, precision: str) -> None:
     """Refuse a graph whose embeddings of VERIFY_TEXTS stray from torch fp32 (a broken export must not serve)."""
     session = onnx_session(graph, threads=1)
@@ -223,38 +175,3 @@ def _verify(graph: Path, model: torch.nn.Module, tokenizer, precision: str) -> N
     cosine = (got * expected).sum(axis=1)
     if got.shape != expected.shape or not np.isfinite(got).all() or cosine.min() < ONNX_MIN_COSINE[precision]:
         raise RuntimeError(f"the exported {precision} graph does not reproduce torch fp32 (cosine {cosine.min():.4f})")
-
-
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session: all graph optimizations, `threads` intra-op threads.
-
-    Idle intra-op threads keep spinning (onnxruntime's default): without it single-text latency rose from 3.9 to
-    5.4 ms here, and throughput did not gain.
-    """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    if threads is None:
-        threads = allowed_cpus()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS)
-    )
-
-
-class _quiet_onnxruntime:
-    """Silence onnxruntime's export-time chatter (root-logger warnings about pre-processing, fusion notes)."""
-
-    def __enter__(self) -> None:
-        self._root = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-        self._ort = logging.getLogger("onnxruntime").level
-        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-
-    def __exit__(self, *exc) -> None:
-        logging.getLogger().setLevel(self._root)
-        logging.getLogger("onnxruntime").setLevel(self._ort)

@@ -167,6 +167,9 @@ class ColdStartPredictor:
         self.schema = schema
         self.embedder = embedder
         self.model_version = f"cold-start-{schema.hash}"
+        # what computes the embeddings (GET /health), e.g. "onnx int8" or "torch fp32 (fallback: ...)"
+        describe = getattr(embedder, "describe", None)
+        self.runtime_description = describe() if describe is not None else None
         self._choice_dims = schema.of_kind("single", "multi")
         self._span_dims = schema.of_kind("spans")
         self._fields = list(dict.fromkeys(name for dim in schema.dimensions for name in dim.reads))

@@ -1,0 +1,132 @@
+"""The trained model on ONNX Runtime int8: exported with the version, checked against torch, served, or refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.test_training_pipeline import TINY, synthetic_export
+from training import onnx_serving
+from training.onnx_serving import ONNX_FILE, ONNX_RUNTIME, TORCH_RUNTIME
+from training.pipeline import run_training
+from training.predict import TrainedPredictor
+
+# the encoder's own heads serve every answer (no companions), so torch and ONNX answers compare head for head
+ENCODER_ONLY = dataclasses.replace(TINY, ngram_weight=0.0, embedding_weight=0.0, refit_heads=False)
+RECORDS = [
+    {"text": "Moscow calls the warnings of an invasion Western hype and propaganda.", "article_id": "x1"},
+    {"text": "NATO says the troops massing at the border are a real and present danger.", "article_id": "x2"},
+    {"text": "", "article_id": "x3"},
+    {"text": "Kyiv insists the threat is real. " * 12, "article_id": "x4"},  # longer than max_length: truncated
+]
+
+
+@pytest.fixture(scope="module", params=["pair", "late"])
+def model_dir(request, schema, tmp_path_factory):
+    """A model trained with each target encoding: (target, text) pair passes, or one pass and target queries."""
+    args = dataclasses.replace(ENCODER_ONLY, target_encoding=request.param)
+    folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    outcome = run_training(synthetic_export(16), schema, folder, args, promote=False, source="test")
+    return outcome.model_dir
+
+
+def test_a_saved_version_carries_its_int8_graph_and_the_check_that_chose_it(model_dir):
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    serving = manifest["serving"]
+    assert serving["runtime"] == ONNX_RUNTIME, serving["reason"]
+    assert (model_dir / ONNX_FILE).is_file()
+    assert serving["check"], "the check names every dimension it compared"
+    for name, scores in serving["check"].items():
+        assert scores["torch"] - scores["onnx"] <= onnx_serving.MAX_F1_DROP + 1e-9, name
+    predictor = TrainedPredictor(model_dir, threads=2)
+    assert predictor.runtime == ONNX_RUNTIME
+    assert "within 0.5 points" in predictor.runtime_description
+
+
+def test_onnx_int8_answers_like_torch_fp32_for_every_head(model_dir):
+    onnx = TrainedPredictor(model_dir, threads=2)
+    torch_ = TrainedPredictor(model_dir, runtime=TORCH_RUNTIME)
+    assert onnx.runtime == ONNX_RUNTIME and torch_.runtime == TORCH_RUNTIME
+    views = [v.id for v in onnx.config.views]
+    assert len(views) == (4 if onnx.config.target_encoding == "pair" else 1)
+    got, expected = onnx.outputs(RECORDS), torch_.outputs(RECORDS)
+    assert got.logits.keys() == expected.logits.keys()
+    for name, logits in expected.logits.items():
+        assert got.logits[name].shape == logits.shape
+        assert np.abs(got.logits[name] - logits).max() < 0.15, name  # int8 noise (measured up to 0.12)...
+    flat = [np.concatenate([out.logits[n].ravel() for n in sorted(out.logits)]) for out in (got, expected)]
+    assert np.corrcoef(*flat)[0, 1] > 0.99  # ... not a different model
+    for left, right in zip(onnx.predict(RECORDS), torch_.predict(RECORDS), strict=True):
+        for dim in onnx.dimensions:
+            if dim["kind"] == "single":
+                assert left.labels[dim["name"]] == right.labels[dim["name"]], dim["name"]
+    # a text's answer never depends on the texts that came with it (each sequence runs alone)
+    alone = [onnx.outputs([record]) for record in RECORDS]
+    for i, single in enumerate(alone):
+        for name, logits in got.logits.items():
+            np.testing.assert_array_equal(single.logits[name][0], logits[i])
+
+
+def test_embeddings_for_the_companions_match_torch(schema, tmp_path):
+    args = dataclasses.replace(TINY, ngram_weight=0.0, embedding_weight=1.0)
+    outcome = run_training(synthetic_export(16), schema, tmp_path, args, promote=False, source="test")
+    onnx = TrainedPredictor(outcome.model_dir, threads=2)
+    torch_ = TrainedPredictor(outcome.model_dir, runtime=TORCH_RUNTIME)
+    assert onnx.runtime == ONNX_RUNTIME
+    got, expected = onnx.outputs(RECORDS), torch_.outputs(RECORDS)
+    assert got.embeddings.keys() == expected.embeddings.keys() == {"text"}
+    cosine = (got.embeddings["text"] * expected.embeddings["text"]).sum(1)
+    assert cosine.min() > 0.97, cosine
+    singles = [d["name"] for d in onnx.dimensions if d["kind"] == "single"]
+    for left, right in zip(onnx.predict(RECORDS[:2]), torch_.predict(RECORDS[:2]), strict=True):
+        assert {n: left.labels[n] for n in singles} == {n: right.labels[n] for n in singles}
+
+
+def test_a_graph_that_loses_accuracy_is_not_served_and_the_manifest_says_why(schema, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_serving, "MAX_F1_DROP", -1.0)  # no graph can pass: every dimension "lost" points
+    outcome = run_training(synthetic_export(16), schema, tmp_path, ENCODER_ONLY, promote=False, source="test")
+    serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
+    assert serving["runtime"] == TORCH_RUNTIME
+    assert serving["reason"].startswith("ONNX int8 lost more than") and "threat_characterization" in serving["reason"]
+    assert not (outcome.model_dir / ONNX_FILE).exists()
+    predictor = TrainedPredictor(outcome.model_dir)
+    assert predictor.runtime == TORCH_RUNTIME and "lost more than" in predictor.runtime_description
+
+
+def test_no_onnx_and_a_damaged_graph_fall_back_to_torch_with_a_reason(schema, tmp_path, model_dir):
+    args = dataclasses.replace(ENCODER_ONLY, onnx=False)
+    outcome = run_training(synthetic_export(16), schema, tmp_path, args, promote=False, source="test")
+    assert TrainedPredictor(outcome.model_dir).runtime_description == "torch-fp32 (ONNX export turned off (--no-onnx))"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    (damaged / ONNX_FILE).write_bytes(b"not a graph")
+    predictor = TrainedPredictor(damaged)
+    assert predictor.runtime == TORCH_RUNTIME
+    assert predictor.runtime_reason.startswith("ONNX int8 could not load")
+    assert len(predictor.predict(RECORDS)) == len(RECORDS)
+
+
+@pytest.mark.parametrize("model_dir", ["late"], indirect=True)  # one target encoding is enough here
+@pytest.mark.parametrize("runtime", ["auto", "torch-fp32"])
+def test_health_says_what_runs_the_served_model_and_why(model_dir, runtime, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.settings import Settings
+    from training.registry import Registry
+
+    models = tmp_path / "models"
+    shutil.copytree(model_dir.parent, models, ignore=shutil.ignore_patterns("registry.json", ".*"))
+    Registry(models).promote(model_dir.name, force=True)
+    settings = Settings(models_dir=models, reload_interval=60, train_warm=False, trained_runtime=runtime)
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/health").json()
+        assert health["model_kind"] == "trained"
+        expected = "onnx-int8 (ONNX int8 within 0.5 points" if runtime == "auto" else "torch-fp32 (torch-fp32 asked"
+        assert health["model_runtime"].startswith(expected), health["model_runtime"]
+        response = client.post("/predict", json={"tasks": [{"data": record} for record in RECORDS]})
+        assert response.status_code == 200 and len(response.json()["results"]) == len(RECORDS)

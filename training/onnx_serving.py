@@ -1,0 +1,284 @@
+"""The trained model on ONNX Runtime int8: export when a version is saved, a check against torch, and the runner.
+
+One graph per model: the fine-tuned encoder, token ids -> token states, dynamic int8 (every MatMul, per channel).
+Every view of the model (plain text, (target, text) pairs, (claim, text) pairs) is the same encoder on other
+inputs, so one graph serves them all; the heads (a linear layer per dimension, the late-encoded dimensions' target
+queries) are a few kilobytes of numpy applied to those states, for both target encodings. The sentence embeddings
+the embedding heads read are the same states mean-pooled; where a view's inputs and an embedding's are the same
+token ids (a text shorter than the view's length limit: nearly every paragraph), the encoder runs once for both.
+
+Dynamic int8 takes one activation scale per tensor, i.e. per batch, so each sequence runs alone (batch 1, no
+padding): an answer never depends on which texts came with it. Sequences run on `threads` worker threads, each an
+ONNX Runtime call on one intra-op thread, as the cold start does (backend/cold_start/embedder.py).
+
+Served only if it passes `check_onnx_runtime`: on the model's own test split, macro-F1 (partial F1 for spans) of
+every dimension within MAX_F1_DROP of torch fp32; else torch serves and the manifest says why (`SERVING_KEY`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.embedding_heads import MAX_LENGTH as EMBEDDING_MAX_LENGTH
+from training.encoder import allowed_cpus
+from training.modeling import BIO, MultiHeadModel, attends_to_target, encode_views, quiet_transformers, view_of
+from training.onnx_graph import fuse_transformer_graph, onnx_session, quantize_int8
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "onnx/encoder-int8.onnx"  # inside a model version's folder
+SERVING_KEY = "serving"  # the manifest's entry: {"runtime", "reason", "check"}
+ONNX_RUNTIME, TORCH_RUNTIME = "onnx-int8", "torch-fp32"
+RUNTIME_CHOICES = ("auto", ONNX_RUNTIME, TORCH_RUNTIME)  # auto: what the version's check chose
+MAX_F1_DROP = 0.005  # 0.5 points of macro-F1, per dimension
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _TokenStates(torch.nn.Module):
+    """The bare encoder's last hidden states: what the exported graph computes."""
+
+    def __init__(self, encoder: torch.nn.Module, token_types: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.token_types = token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001, ANN201 (traced)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.token_types:
+            inputs["token_type_ids"] = token_type_ids
+        return self.encoder(**inputs).last_hidden_state
+
+
+def export_onnx_model(model: MultiHeadModel, tokenizer: Any, folder: str | os.PathLike) -> Path:
+    """Write the model's encoder as an int8 ONNX graph at `folder`/ONNX_FILE (atomically); raises on failure.
+
+    Exported with eager attention (the pattern onnxruntime's optimizer fuses), fused, quantized, and checked for
+    finite token states of the right shape; accuracy is `check_onnx_runtime`'s business."""
+    folder = Path(folder)
+    target = folder / ONNX_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    previous = getattr(encoder.config, "_attn_implementation", None)
+    was_training = encoder.training
+    encoder.eval()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
+        try:
+            if previous not in (None, "eager"):
+                encoder.set_attn_implementation("eager")
+            sample = tokenizer(
+                ["a short text", "a somewhat longer text for the export"], padding=True, return_tensors="pt"
+            )
+            names = [name for name in ONNX_INPUTS if name in sample]
+            device = next(encoder.parameters()).device
+            wrapper = _TokenStates(encoder, "token_type_ids" in names).eval()
+            exported = Path(tmp) / "exported.onnx"
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer warnings
+                torch.onnx.export(
+                    wrapper.cpu(),
+                    tuple(sample[name] for name in names),
+                    str(exported),
+                    dynamo=False,  # the TorchScript exporter gives the graph onnxruntime's fusers know
+                    input_names=names,
+                    output_names=["token_states"],
+                    dynamic_axes={
+                        **{n: {0: "batch", 1: "sequence"} for n in names},
+                        "token_states": {0: "batch", 1: "sequence"},
+                    },
+                    opset_version=17,
+                    do_constant_folding=True,
+                )
+            encoder.to(device)
+            fused = fuse_transformer_graph(exported, encoder.config, Path(tmp) / "fused.onnx")
+            staged = quantize_int8(fused, Path(tmp) / "int8.onnx")
+            _sanity_check(staged, tokenizer, int(encoder.config.hidden_size))
+            os.replace(staged, target)
+        finally:
+            if previous not in (None, "eager"):
+                encoder.set_attn_implementation(previous)
+            encoder.train(was_training)
+    return target
+
+
+def _sanity_check(graph: Path, tokenizer: Any, hidden_size: int) -> None:
+    session = onnx_session(graph, threads=1)
+    wanted = {i.name for i in session.get_inputs()}
+    encoded = tokenizer(
+        ["Russia and China signed a pact.", "Sanctions hit trade. 😀"], padding=True, return_tensors="np"
+    )
+    states = session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in wanted})[0]
+    if states.shape[::2] != (2, hidden_size) or not np.isfinite(states).all():
+        raise RuntimeError(f"the exported graph gives token states of shape {states.shape} or non-finite values")
+
+
+class NumpyHeads:
+    """Every head of a MultiHeadModel as numpy arrays, applied to one sequence's token states [T, hidden]."""
+
+    def __init__(self, model: MultiHeadModel) -> None:
+        self.weights = {n: h.weight.detach().float().cpu().numpy() for n, h in model.heads.items()}
+        self.biases = {n: h.bias.detach().float().cpu().numpy() for n, h in model.heads.items()}
+        self.queries = {n: q.detach().float().cpu().numpy() for n, q in model.target_queries.items()}
+
+    def logits(self, dim: Mapping[str, Any], states: np.ndarray) -> np.ndarray:
+        """Single/multi: [labels]; spans: [T, labels, 3] (as MultiHeadModel.forward, without dropout)."""
+        name = dim["name"]
+        weight, bias = self.weights[name], self.biases[name]
+        if dim["kind"] == "spans":
+            return (states @ weight.T + bias).reshape(states.shape[0], len(dim["labels"]), len(BIO))
+        pooled = states.mean(axis=0)
+        if attends_to_target(dim):
+            scores = states @ self.queries[name] / np.sqrt(states.shape[-1])
+            weights = np.exp(scores - scores.max())
+            pooled = np.concatenate([pooled, (weights / weights.sum()) @ states])
+        return pooled @ weight.T + bias
+
+
+class OnnxRunner:
+    """Runs the exported encoder and the numpy heads over task `data` dicts (see the module docstring)."""
+
+    def __init__(self, graph: str | os.PathLike, model: MultiHeadModel, tokenizer: Any, threads: int | None) -> None:
+        self.session = onnx_session(graph, threads=1)
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.config = model.config
+        self.heads = NumpyHeads(model)
+        self.tokenizer = tokenizer
+        self.hidden_size = int(model.encoder.config.hidden_size)
+        workers = max(1, threads or allowed_cpus())
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="onnx-model") if workers > 1 else None
+
+    def _states(self, sequence: Mapping[str, Sequence[int]]) -> np.ndarray:
+        feed = {k: np.asarray([sequence[k]], dtype=np.int64) for k in self.inputs if k in sequence}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        return self.session.run(None, feed)[0][0]
+
+    def run(
+        self, records: Sequence[Mapping[str, Any]], views: Collection[str] | None, embed_fields: Sequence[str]
+    ) -> Any:
+        """ModelOutputs for `records` (the torch `run_model`'s contract, `labelled_only` aside)."""
+        from training.predict import ModelOutputs, decode_spans
+
+        config = self.config
+        wanted = None if views is None else set(views)
+        active = [v for v in config.views if wanted is None or v.id in wanted]
+        items = (
+            encode_views(self.tokenizer, config, records, None, [v.id for v in active])
+            if active
+            else [{}] * len(records)
+        )
+        embed_inputs = {
+            name: self.tokenizer(
+                [str(r.get(name) or "") for r in records], truncation=True, max_length=EMBEDDING_MAX_LENGTH
+            )["input_ids"]
+            for name in embed_fields
+        }
+        # the distinct token sequences: a view's and an embedding's inputs are often the same ids
+        distinct: dict[tuple[int, ...], dict[str, list[int]]] = {}
+        for item in items:
+            for encoded in item.values():
+                distinct.setdefault(_key(encoded), encoded)
+        for ids in embed_inputs.values():
+            for sequence in ids:
+                distinct.setdefault(tuple(sequence), {"input_ids": sequence, "attention_mask": [1] * len(sequence)})
+        keys = list(distinct)
+        run = self._pool.map if self._pool is not None else map
+        states = dict(zip(keys, run(self._states, (distinct[k] for k in keys)), strict=True))
+
+        dims = [d for d in config.dimensions if wanted is None or view_of(d).id in wanted]
+        out = ModelOutputs(
+            logits={
+                d["name"]: np.zeros((len(records), len(d["labels"])), np.float32)
+                for d in config.dimensions
+                if d["kind"] != "spans"
+            },
+            spans={d["name"]: [[] for _ in records] for d in config.dimensions if d["kind"] == "spans"},
+        )
+        for i, item in enumerate(items):
+            for dim in dims:
+                view_id = view_of(dim).id
+                hidden = states[_key(item[view_id])]
+                logits = self.heads.logits(dim, hidden)
+                if dim["kind"] != "spans":
+                    out.logits[dim["name"]][i] = logits
+                    continue
+                probs = np.exp(logits - logits.max(-1, keepdims=True))
+                probs /= probs.sum(-1, keepdims=True)
+                text = str(records[i].get(dim["field"]) or "")
+                out.spans[dim["name"]][i] = decode_spans(probs, item[view_id]["offset_mapping"], dim["labels"], text)
+        for name, ids in embed_inputs.items():
+            pooled = np.stack([states[tuple(s)].mean(axis=0) for s in ids]) if ids else np.zeros((0, self.hidden_size))
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out.embeddings[name] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
+
+
+def _key(encoded: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
+    """A sequence's identity: its ids, and its token types where a pair sets some to 1."""
+    types = encoded.get("token_type_ids")
+    ids = tuple(encoded["input_ids"])
+    return ids if not types or not any(types) else (*ids, -1, *types)
+
+
+def check_onnx_runtime(
+    folder: str | os.PathLike, model: MultiHeadModel, tokenizer: Any, test_rows: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Export the model into `folder` (a saved version, companions included) and decide what serves it.
+
+    ONNX int8 serves when every dimension's score on `test_rows` is within MAX_F1_DROP of torch fp32's, both read
+    through TrainedPredictor (so calibration, companions and thresholds are those served). Returns the manifest's
+    SERVING_KEY entry; the graph is removed when it does not serve."""
+    from training.evaluation import dimension_score, evaluate_model
+    from training.predict import TrainedPredictor
+
+    folder = Path(folder)
+    try:
+        export_onnx_model(model, tokenizer, folder)
+    except Exception as error:  # torch's exporter or onnxruntime's tools: torch serves, and the manifest says why
+        log.warning("ONNX export failed; torch fp32 will serve: %s", error)
+        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
+        return {"runtime": TORCH_RUNTIME, "reason": f"the ONNX export failed ({type(error).__name__}: {error})"}
+    if not test_rows:
+        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
+        return {"runtime": TORCH_RUNTIME, "reason": "no test rows to check the ONNX int8 graph against torch fp32"}
+    reports = {}
+    for runtime in (TORCH_RUNTIME, ONNX_RUNTIME):
+        predictor = TrainedPredictor(folder, runtime=runtime, model_version=folder.name)
+        reports[runtime] = evaluate_model(folder, list(test_rows), predictor)
+    check: dict[str, Any] = {}
+    worse = []
+    for name, metrics in reports[TORCH_RUNTIME]["dimensions"].items():
+        torch_score = dimension_score(metrics)
+        onnx_score = dimension_score(reports[ONNX_RUNTIME]["dimensions"][name])
+        if torch_score is None or onnx_score is None:
+            continue
+        check[name] = {"torch": round(torch_score, 4), "onnx": round(onnx_score, 4), "n": metrics["n"]}
+        if torch_score - onnx_score > MAX_F1_DROP + 1e-9:
+            worse.append(f"{name} {100 * onnx_score:.1f} vs {100 * torch_score:.1f}")
+    if worse:
+        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
+        reason = f"ONNX int8 lost more than {100 * MAX_F1_DROP:.1f} points on the test split: {'; '.join(worse)}"
+        return {"runtime": TORCH_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
+    reason = (
+        f"ONNX int8 within {100 * MAX_F1_DROP:.1f} points of torch fp32 on every dimension ({len(test_rows)} test rows)"
+    )
+    return {"runtime": ONNX_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
+
+
+def load_onnx_runner(folder: Path, model: MultiHeadModel, tokenizer: Any, threads: int | None) -> OnnxRunner:
+    """The runner for a saved version's graph (raises when the file or onnxruntime is missing)."""
+    graph = folder / ONNX_FILE
+    if not graph.is_file():
+        raise FileNotFoundError(f"{ONNX_FILE} is missing from the model folder")
+    with quiet_transformers():
+        return OnnxRunner(graph, model, tokenizer, threads)
