@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -338,3 +339,16 @@ def test_the_first_candidate_is_gated_against_the_cold_start_and_instant_learner
     assert entry["action"] == ("promote" if outcome.promoted else "refused")
     assert "instant learner" in entry["reason"] and "cold start" in entry["reason"]
     assert entry["current_score"] == best  # the best rival's score is recorded with the decision
+
+
+def test_a_span_question_nobody_labelled_suggests_no_spans(schema, tmp_path):
+    tasks = synthetic_export(12)
+    for task in tasks:  # annotators answered the choices only
+        for annotation in task["annotations"]:
+            annotation["result"] = [r for r in annotation["result"] if r["type"] != "labels"]
+    outcome = run_training(tasks, schema, tmp_path, replace(TINY, epochs=0), promote=False, source="choices only")
+    manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
+    assert manifest["chosen"]["unlabelled_span_dimensions"] == ["evidence"]
+    predictions = TrainedPredictor(outcome.model_dir).predict([t["data"] for t in tasks])
+    assert all(p.labels["evidence"] == [] for p in predictions)
+    assert all(p.labels["threat_characterization"] for p in predictions)

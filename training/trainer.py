@@ -249,6 +249,9 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
         {**item, "views": {k: v for k, v in item["views"].items() if k not in skipped}} for item in train_items
     ]
     probe_heads(model, train_rows, probe_items, collator, args, device)
+    silent = silence_unlabelled_span_heads(model, train_rows)
+    if silent:
+        settings["unlabelled_span_dimensions"] = silent
     phases["probe"] = time.perf_counter() - mark
 
     if epochs <= 0 and args.max_steps <= 0:  # the heads on the frozen encoder: no fine-tuning
@@ -315,6 +318,7 @@ def train_model(dataset: Mapping[str, Any], schema: Schema, args: TrainingArgume
         keeper.restore(model)
         phases["fit"] = time.perf_counter() - fit_started
     model.eval()
+    silence_unlabelled_span_heads(model, train_rows)  # fine-tuning's weight decay may have moved them
     history = [dict(entry) for entry in trainer.state.log_history]
     return TrainResult(
         model=model,
@@ -513,6 +517,24 @@ def prior_heads(model: MultiHeadModel, rows: Sequence[Mapping[str, Any]], views:
         else:  # one sigmoid per label: the logit of its share of rows
             share = counts / (len(answers) + 2)
             head.bias.copy_(torch.as_tensor(np.log(share / (1 - share)), dtype=head.bias.dtype))
+
+
+@torch.no_grad()
+def silence_unlabelled_span_heads(model: MultiHeadModel, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Span heads no training row taught answer "no span" everywhere (zero weights, O far above B and I); returns
+    their dimensions. Left as initialised, such a head put P(inside) near 2/3 on every token: a trained model whose
+    annotators labelled only choices marked ~75 meaningless evidence spans on each sample paragraph."""
+    silent = []
+    for dim in model.config.dimensions:
+        if dim["kind"] != "spans" or any(row.get(dim["name"]) for row in rows):
+            continue
+        head = model.heads[dim["name"]]
+        head.weight.zero_()
+        bias = torch.zeros(len(dim["labels"]), len(BIO), dtype=head.bias.dtype, device=head.bias.device)
+        bias[:, BIO.index("O")] = 10.0
+        head.bias.copy_(bias.flatten())
+        silent.append(dim["name"])
+    return silent
 
 
 def probe_heads(
