@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from tests.test_training_pipeline import TINY, synthetic_export
 from training import onnx_serving
@@ -130,3 +131,31 @@ def test_health_says_what_runs_the_served_model_and_why(model_dir, runtime, tmp_
         assert health["model_runtime"].startswith(expected), health["model_runtime"]
         response = client.post("/predict", json={"tasks": [{"data": record} for record in RECORDS]})
         assert response.status_code == 200 and len(response.json()["results"]) == len(RECORDS)
+
+
+def test_an_unchanged_encoder_is_exported_once_and_a_damaged_cached_graph_is_not_served(schema, tmp_path, monkeypatch):
+    from training.modeling import MultiHeadModel
+    from training.trainer import load_tokenizer
+
+    monkeypatch.setenv("WORKBENCH_ONNX_CACHE_DIR", str(tmp_path / "cache"))
+    exports = []
+    real_export = onnx_serving._export
+    monkeypatch.setattr(onnx_serving, "_export", lambda *a: exports.append(a) or real_export(*a))
+    model, tokenizer = MultiHeadModel.from_encoder(schema, max_seq_length=48), load_tokenizer(None)
+    first = onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v1")
+    second = onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v2")
+    assert len(exports) == 1 and first.read_bytes() == second.read_bytes()
+    (cached,) = (tmp_path / "cache").glob("trained-encoder-*.onnx")
+    with torch.no_grad():
+        model.encoder.embeddings.word_embeddings.weight[5].add_(1.0)  # another encoder: another graph
+    onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v3")
+    assert len(exports) == 2
+
+    # without fine-tuning a version's encoder is the pretrained one, whose graph is that cached entry: damage it
+    cached.write_bytes(b"not a graph")
+    args = dataclasses.replace(ENCODER_ONLY, epochs=0)
+    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, promote=False, source="test")
+    serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
+    assert len(exports) == 2  # the cache answered, with a file that does not load
+    assert serving["runtime"] == TORCH_RUNTIME and serving["reason"].startswith("ONNX int8 could not load")
+    assert not (outcome.model_dir / ONNX_FILE).exists()

@@ -17,12 +17,23 @@ from training.encoder import allowed_cpus
 
 log = logging.getLogger(__name__)
 
+ONNX_CACHE_ENV = "WORKBENCH_ONNX_CACHE_DIR"
+
 # onnxruntime's CPU SkipLayerNormalization kernel (residual Add + LayerNorm in one op) is ~10x slower than Add
 # followed by LayerNormalization (onnxruntime 1.32, [268, 384] fp32: 0.64 ms against 0.07 ms): neither the
 # transformer optimizer nor the session may fuse it; unfused, MiniLM int8 runs ~25% faster
 SLOW_FUSIONS = ("SkipLayerNormFusion",)
 # model types whose graph onnxruntime's "bert" optimizer can fuse (others still get onnxruntime's generic fusions)
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet", "distilbert", "ernie"}
+
+
+def default_onnx_cache_dir() -> Path:
+    """$WORKBENCH_ONNX_CACHE_DIR, else $XDG_CACHE_HOME/stance-workbench/onnx (~/.cache/... by default)."""
+    configured = os.environ.get(ONNX_CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stance-workbench" / "onnx"
 
 
 def fuse_transformer_graph(source: Path, config: Any, target: Path) -> Path:

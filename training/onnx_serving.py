@@ -17,6 +17,8 @@ every dimension within MAX_F1_DROP of torch fp32; else torch serves and the mani
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -33,7 +35,7 @@ import torch
 from training.embedding_heads import MAX_LENGTH as EMBEDDING_MAX_LENGTH
 from training.encoder import allowed_cpus
 from training.modeling import BIO, MultiHeadModel, attends_to_target, encode_views, quiet_transformers, view_of
-from training.onnx_graph import fuse_transformer_graph, onnx_session, quantize_int8
+from training.onnx_graph import default_onnx_cache_dir, fuse_transformer_graph, onnx_session, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ ONNX_RUNTIME, TORCH_RUNTIME = "onnx-int8", "torch-fp32"
 RUNTIME_CHOICES = ("auto", ONNX_RUNTIME, TORCH_RUNTIME)  # auto: what the version's check chose
 MAX_F1_DROP = 0.005  # 0.5 points of macro-F1, per dimension
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_RECIPE = "1"  # bump whenever _export changes what it writes: cached graphs of older recipes are then ignored
 
 
 class _TokenStates(torch.nn.Module):
@@ -60,15 +63,63 @@ class _TokenStates(torch.nn.Module):
         return self.encoder(**inputs).last_hidden_state
 
 
-def export_onnx_model(model: MultiHeadModel, tokenizer: Any, folder: str | os.PathLike) -> Path:
+def export_onnx_model(
+    model: MultiHeadModel, tokenizer: Any, folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Write the model's encoder as an int8 ONNX graph at `folder`/ONNX_FILE (atomically); raises on failure.
 
     Exported with eager attention (the pattern onnxruntime's optimizer fuses), fused, quantized, and checked for
-    finite token states of the right shape; accuracy is `check_onnx_runtime`'s business."""
+    finite token states of the right shape; accuracy is `check_onnx_runtime`'s business. Graphs are also kept in
+    the ONNX cache (`cache_dir`, default $WORKBENCH_ONNX_CACHE_DIR or ~/.cache/stance-workbench/onnx) under a hash
+    of the encoder's weights: without fine-tuning (the default) every version has the pretrained encoder, and the
+    export (~8 s for MiniLM on 2 cores) happens once."""
     folder = Path(folder)
     target = folder / ONNX_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    encoder = model.encoder
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_onnx_cache_dir()
+    cached = cache / f"trained-encoder-{_weights_key(model.encoder)}.onnx"
+    if cached.is_file():
+        _place(cached, target)
+        return target
+    _export(model.encoder, tokenizer, target)
+    try:  # a cache that cannot be written costs the next export, nothing else
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".trained-", suffix=".onnx", delete=False) as handle:
+            staged = Path(handle.name)
+        shutil.copyfile(target, staged)
+        os.replace(staged, cached)
+    except OSError as error:
+        log.info("could not keep the ONNX graph in the cache %s: %s", cache, error)
+    return target
+
+
+def _weights_key(encoder: torch.nn.Module) -> str:
+    """A hash of what the exported graph depends on: the encoder's weights and config, the recipe, the versions."""
+    import onnxruntime
+    import transformers
+
+    digest = hashlib.sha256()
+    parts = [ONNX_RECIPE, torch.__version__, transformers.__version__, onnxruntime.__version__]
+    digest.update(json.dumps([*parts, encoder.config.to_json_string()]).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _place(source: Path, target: Path) -> None:
+    """`source` at `target`, atomically: a hard link where the file system allows, else a copy."""
+    staged = target.with_name(f".{target.name}.tmp")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(source, staged)
+    except OSError:
+        shutil.copyfile(source, staged)
+    os.replace(staged, target)
+
+
+def _export(encoder: torch.nn.Module, tokenizer: Any, target: Path) -> None:
+    """Export, fuse and quantize `encoder` into `target` through a temporary file beside it."""
     previous = getattr(encoder.config, "_attn_implementation", None)
     was_training = encoder.training
     encoder.eval()
@@ -108,7 +159,6 @@ def export_onnx_model(model: MultiHeadModel, tokenizer: Any, folder: str | os.Pa
             if previous not in (None, "eager"):
                 encoder.set_attn_implementation(previous)
             encoder.train(was_training)
-    return target
 
 
 def _sanity_check(graph: Path, tokenizer: Any, hidden_size: int) -> None:
@@ -254,6 +304,9 @@ def check_onnx_runtime(
     reports = {}
     for runtime in (TORCH_RUNTIME, ONNX_RUNTIME):
         predictor = TrainedPredictor(folder, runtime=runtime, model_version=folder.name)
+        if predictor.runtime != runtime:  # the graph did not load: the predictor fell back to torch
+            shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
+            return {"runtime": TORCH_RUNTIME, "reason": predictor.runtime_reason}
         reports[runtime] = evaluate_model(folder, list(test_rows), predictor)
     check: dict[str, Any] = {}
     worse = []

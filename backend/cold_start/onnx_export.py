@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from training.onnx_graph import default_onnx_cache_dir, onnx_session
 from training.onnx_graph import fuse_transformer_graph as _fuse
-from training.onnx_graph import onnx_session
 from training.onnx_graph import quantize_int8 as _quantize
 
 log = logging.getLogger(__name__)
 
 ONNX_PRECISIONS = ("fp32", "int8")  # onnxruntime's CPU kernels have no fast bf16 MatMul
-ONNX_CACHE_ENV = "WORKBENCH_ONNX_CACHE_DIR"
 ONNX_RECIPE = "2"  # bump whenever export_onnx_encoder changes what it writes: old cache entries are then ignored
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # an exported graph is only stored if its embeddings of VERIFY_TEXTS are this close (cosine) to torch fp32
@@ -48,15 +47,6 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     summed = (hidden * weights).sum(dim=1)
     counts = weights.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
-
-
-def default_onnx_cache_dir() -> Path:
-    """$WORKBENCH_ONNX_CACHE_DIR, else $XDG_CACHE_HOME/stance-workbench/onnx (~/.cache/... by default)."""
-    configured = os.environ.get(ONNX_CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "stance-workbench" / "onnx"
 
 
 def onnx_cache_key(path: str, precision: str) -> str:
