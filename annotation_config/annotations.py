@@ -9,13 +9,15 @@ learner) asks these functions, so each rule has one meaning:
   export holds: the same person must count as one annotator whichever form an export uses (an id and an expanded
   object of that id are one vote), and an e-mail can change while the id cannot. None when nobody is named.
 - **the task key** (`task_key`): the schema's `data.key` field; without one `task-<id>` from Label Studio's task
-  id; without that `task-#<index>` (the task's position in its list).
+  id; without that `task-#<index>` (the task's position in its list). A row of a file with no key at all gets
+  `derived_key`, from its content (`workbench import` stores it as the task's key; `workbench predict` matches by it).
 - **counted** (`is_counted`): an annotation object that was submitted and not cancelled (skipped); `is_cancelled`
   and `is_ground_truth` read those flags, `stamp` the time of its last change (updated, else created).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,6 +40,15 @@ def task_key(task: Mapping[str, Any], schema: Schema, index: int) -> str:
     data = task.get("data") or {}
     task_id = task.get("id")
     return str(data.get(schema.data.key) or (f"task-{task_id}" if task_id is not None else f"task-#{index}"))
+
+
+def derived_key(data: Mapping[str, Any], schema: Schema) -> str:
+    """The key of a row that has none: `sha1:<16 hex>` of its text and of the fields a dimension pairs it with (a
+    body paired with many headlines is many tasks), so the same row gets the same key in every command and run."""
+    paired = dict.fromkeys(d.pair_with for d in schema.dimensions if d.pair_with)
+    text = data.get(schema.data.text)
+    content = "\x1f".join([str(text or ""), *(str(data.get(name) or "") for name in paired)])
+    return "sha1:" + hashlib.sha1(content.encode("utf-8")).hexdigest()[:16]
 
 
 def is_cancelled(annotation: Mapping[str, Any]) -> bool:

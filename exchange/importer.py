@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annotation_config.annotations import annotator_of, is_cancelled, is_ground_truth
+from annotation_config.annotations import annotator_of, derived_key, is_cancelled, is_ground_truth
 from annotation_config.errors import WorkbenchError
 from annotation_config.regions import RegionError, labels_to_results, results_to_labels
 from annotation_config.schema import Dimension, Schema
@@ -407,10 +407,7 @@ def _flat_row(
     data = {k: v for k, v in data.items() if v is not None or k in schema.data.shown_fields}
     key = row.get(schema.data.key)
     if derive_key:
-        # a body paired with many headlines is many tasks: the paired fields are part of what a task is
-        paired = dict.fromkeys(d.pair_with for d in schema.dimensions if d.pair_with)
-        content = "\x1f".join([text, *(str(data.get(name) or "") for name in paired)])
-        key = "sha1:" + hashlib.sha1(content.encode("utf-8")).hexdigest()[:16]
+        key = derived_key({**data, schema.data.text: text}, schema)  # the paired fields are part of a task
     elif key is None or (isinstance(key, str) and not key.strip()) or isinstance(key, dict | list | bool):
         raise _RowError(f"no value for the key field {schema.data.key!r}")
     data[schema.data.key] = str(key)

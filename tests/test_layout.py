@@ -7,6 +7,7 @@ Direction, lowest first (a package may import only those listed for it, and itse
     training            fine-tuning, registry, trained predictor:        annotation_config, studio
     exchange            datasets in and out, agreement:                  annotation_config, studio, training
     backend             the ML backend, cold start, jobs:                annotation_config, studio, training
+    bulk                `workbench predict` on Ray Data:                 annotation_config, studio, training, backend
     workbench           the command line and `up`, the top floor:        anything; nothing imports it
 
 and no two modules import each other, directly or through others (no cycle in the module graph).
@@ -27,7 +28,8 @@ ALLOWED = {
     "training": {"annotation_config", "studio"},
     "exchange": {"annotation_config", "studio", "training"},
     "backend": {"annotation_config", "studio", "training"},
-    "workbench": {"annotation_config", "studio", "training", "exchange", "backend"},
+    "bulk": {"annotation_config", "studio", "training", "backend"},
+    "workbench": {"annotation_config", "studio", "training", "exchange", "backend", "bulk"},
 }
 PACKAGES = tuple(ALLOWED)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.test_training_pipeline import TINY, synthetic_export
-from training import onnx_serving
+from training import onnx_check, onnx_serving
 from training.onnx_serving import ONNX_FILE, ONNX_RUNTIME, TORCH_RUNTIME
 from training.pipeline import run_training
 from training.predict import TrainedPredictor
@@ -42,7 +42,7 @@ def test_a_saved_version_carries_its_int8_graph_and_the_check_that_chose_it(mode
     assert (model_dir / ONNX_FILE).is_file()
     assert serving["check"], "the check names every dimension it compared"
     for name, scores in serving["check"].items():
-        assert scores["torch"] - scores["onnx"] <= onnx_serving.MAX_F1_DROP + 1e-9, name
+        assert scores["torch"] - scores["onnx"] <= onnx_check.MAX_F1_DROP + 1e-9, name
     predictor = TrainedPredictor(model_dir, threads=2)
     assert predictor.runtime == ONNX_RUNTIME
     assert "within 0.5 points" in predictor.runtime_description
@@ -88,7 +88,7 @@ def test_embeddings_for_the_companions_match_torch(schema, tmp_path):
 
 
 def test_a_graph_that_loses_accuracy_is_not_served_and_the_manifest_says_why(schema, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_serving, "MAX_F1_DROP", -1.0)  # no graph can pass: every dimension "lost" points
+    monkeypatch.setattr(onnx_check, "MAX_F1_DROP", -1.0)  # no graph can pass: every dimension "lost" points
     outcome = run_training(synthetic_export(16), schema, tmp_path, ENCODER_ONLY, promote=False, source="test")
     serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
     assert serving["runtime"] == TORCH_RUNTIME

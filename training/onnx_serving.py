@@ -11,8 +11,8 @@ Dynamic int8 takes one activation scale per tensor, i.e. per batch, so each sequ
 padding): an answer never depends on which texts came with it. Sequences run on `threads` worker threads, each an
 ONNX Runtime call on one intra-op thread, as the cold start does (backend/cold_start/embedder.py).
 
-Served only if it passes `check_onnx_runtime`: on the model's own test split, macro-F1 (partial F1 for spans) of
-every dimension within MAX_F1_DROP of torch fp32; else torch serves and the manifest says why (`SERVING_KEY`).
+Served only if it passes its check (training/onnx_check.py) against torch fp32 on the model's own test split; else
+torch serves and the manifest says why (`SERVING_KEY`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from training.embedding_heads import MAX_LENGTH as EMBEDDING_MAX_LENGTH
 from training.encoder import allowed_cpus
 from training.modeling import BIO, MultiHeadModel, attends_to_target, encode_views, quiet_transformers, view_of
 from training.onnx_graph import default_onnx_cache_dir, fuse_transformer_graph, onnx_session, quantize_int8
+from training.outputs import ModelOutputs, decode_spans
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ ONNX_FILE = "onnx/encoder-int8.onnx"  # inside a model version's folder
 SERVING_KEY = "serving"  # the manifest's entry: {"runtime", "reason", "check"}
 ONNX_RUNTIME, TORCH_RUNTIME = "onnx-int8", "torch-fp32"
 RUNTIME_CHOICES = ("auto", ONNX_RUNTIME, TORCH_RUNTIME)  # auto: what the version's check chose
-MAX_F1_DROP = 0.005  # 0.5 points of macro-F1, per dimension
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_RECIPE = "1"  # bump whenever _export changes what it writes: cached graphs of older recipes are then ignored
 
@@ -69,7 +69,7 @@ def export_onnx_model(
     """Write the model's encoder as an int8 ONNX graph at `folder`/ONNX_FILE (atomically); raises on failure.
 
     Exported with eager attention (the pattern onnxruntime's optimizer fuses), fused, quantized, and checked for
-    finite token states of the right shape; accuracy is `check_onnx_runtime`'s business. Graphs are also kept in
+    finite token states of the right shape; accuracy is training/onnx_check.py's business. Graphs are also kept in
     the ONNX cache (`cache_dir`, default $WORKBENCH_ONNX_CACHE_DIR or ~/.cache/stance-workbench/onnx) under a hash
     of the encoder's weights: without fine-tuning (the default) every version has the pretrained encoder, and the
     export (~8 s for MiniLM on 2 cores) happens once."""
@@ -217,8 +217,6 @@ class OnnxRunner:
         self, records: Sequence[Mapping[str, Any]], views: Collection[str] | None, embed_fields: Sequence[str]
     ) -> Any:
         """ModelOutputs for `records` (the torch `run_model`'s contract, `labelled_only` aside)."""
-        from training.predict import ModelOutputs, decode_spans
-
         config = self.config
         wanted = None if views is None else set(views)
         active = [v for v in config.views if wanted is None or v.id in wanted]
@@ -278,54 +276,6 @@ def _key(encoded: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
     types = encoded.get("token_type_ids")
     ids = tuple(encoded["input_ids"])
     return ids if not types or not any(types) else (*ids, -1, *types)
-
-
-def check_onnx_runtime(
-    folder: str | os.PathLike, model: MultiHeadModel, tokenizer: Any, test_rows: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Export the model into `folder` (a saved version, companions included) and decide what serves it.
-
-    ONNX int8 serves when every dimension's score on `test_rows` is within MAX_F1_DROP of torch fp32's, both read
-    through TrainedPredictor (so calibration, companions and thresholds are those served). Returns the manifest's
-    SERVING_KEY entry; the graph is removed when it does not serve."""
-    from training.evaluation import dimension_score, evaluate_model
-    from training.predict import TrainedPredictor
-
-    folder = Path(folder)
-    try:
-        export_onnx_model(model, tokenizer, folder)
-    except Exception as error:  # torch's exporter or onnxruntime's tools: torch serves, and the manifest says why
-        log.warning("ONNX export failed; torch fp32 will serve: %s", error)
-        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
-        return {"runtime": TORCH_RUNTIME, "reason": f"the ONNX export failed ({type(error).__name__}: {error})"}
-    if not test_rows:
-        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
-        return {"runtime": TORCH_RUNTIME, "reason": "no test rows to check the ONNX int8 graph against torch fp32"}
-    reports = {}
-    for runtime in (TORCH_RUNTIME, ONNX_RUNTIME):
-        predictor = TrainedPredictor(folder, runtime=runtime, model_version=folder.name)
-        if predictor.runtime != runtime:  # the graph did not load: the predictor fell back to torch
-            shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
-            return {"runtime": TORCH_RUNTIME, "reason": predictor.runtime_reason}
-        reports[runtime] = evaluate_model(folder, list(test_rows), predictor)
-    check: dict[str, Any] = {}
-    worse = []
-    for name, metrics in reports[TORCH_RUNTIME]["dimensions"].items():
-        torch_score = dimension_score(metrics)
-        onnx_score = dimension_score(reports[ONNX_RUNTIME]["dimensions"][name])
-        if torch_score is None or onnx_score is None:
-            continue
-        check[name] = {"torch": round(torch_score, 4), "onnx": round(onnx_score, 4), "n": metrics["n"]}
-        if torch_score - onnx_score > MAX_F1_DROP + 1e-9:
-            worse.append(f"{name} {100 * onnx_score:.1f} vs {100 * torch_score:.1f}")
-    if worse:
-        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
-        reason = f"ONNX int8 lost more than {100 * MAX_F1_DROP:.1f} points on the test split: {'; '.join(worse)}"
-        return {"runtime": TORCH_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
-    reason = (
-        f"ONNX int8 within {100 * MAX_F1_DROP:.1f} points of torch fp32 on every dimension ({len(test_rows)} test rows)"
-    )
-    return {"runtime": ONNX_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
 
 
 def load_onnx_runner(folder: Path, model: MultiHeadModel, tokenizer: Any, threads: int | None) -> OnnxRunner:

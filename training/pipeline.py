@@ -236,7 +236,7 @@ def run_training(
             embedding_heads.save(folder / EMBEDDING_FILE)
         serving = {"runtime": "torch-fp32", "reason": "ONNX export turned off (--no-onnx)"}
         if args.onnx:
-            from training.onnx_serving import check_onnx_runtime
+            from training.onnx_check import check_onnx_runtime
 
             mark_onnx = time.perf_counter()
             serving = check_onnx_runtime(folder, model, tokenizer, outputs["test"][0])

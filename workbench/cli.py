@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from annotation_config.errors import WorkbenchError
+from bulk import cli as bulk_cli
 from exchange import cli as exchange_cli
 from studio.options import ApiKeyOption, SchemaOption, TargetUrlOption
 from training import cli as training_cli
@@ -43,6 +44,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 training_cli.register(app)  # train, evaluate, models list|promote|rollback
 exchange_cli.register(app)  # export, import, agreement
+bulk_cli.register(app)  # predict (bulk pre-annotation on Ray Data)
 
 err = Console(stderr=True)
 
