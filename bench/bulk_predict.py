@@ -15,10 +15,11 @@ Measured in the same run, on this machine, --threads threads everywhere:
                 int8) and with the cold start, on 1 and on --actors actors (one thread each); peak memory (RSS)
                 per actor
   accuracy      per dimension, macro-F1 of torch fp32 and ONNX int8 on held-out folds: K-fold over the dev set
-                (grouped by article), a model trained per fold, both runtimes scored on the same held-out rows
+                (grouped by article), a model trained per fold, both runtimes scored on the same held-out rows;
+                and on held-out SemEval-2016 tweets (80/20), with the defaults and with a fine-tuned encoder
 
 Run: .venv/bin/python bench/bulk_predict.py [--paragraphs 10000] [--threads 2] [--actors 2] [--folds 5]
-     [--skip-ray] [--skip-accuracy]
+     [--skip-ray] [--skip-accuracy] [--skip-semeval]
 """
 
 from __future__ import annotations
@@ -136,6 +137,42 @@ def accuracy_by_fold(folds: int, seed: int = 42) -> dict[str, dict[str, list[flo
     return scores
 
 
+def accuracy_semeval(fine_tune: bool, seed: int = 42) -> dict[str, dict[str, float]]:
+    """Per target, macro-F1 of torch fp32 and ONNX int8 on a held-out set the project does not hold: the 20% of the
+    SemEval-2016 task 6 training tweets (bench/train_semeval2016.py's fixed split), a model trained on the 80%.
+    `fine_tune`: one epoch of fine-tuning and the encoder's own heads alone (no companions), so the int8 graph of a
+    fine-tuned encoder answers every question; else the product's defaults."""
+    import dataclasses
+
+    from annotation_config.schema import load_schema
+    from bench.train_semeval2016 import DEFAULT_DATA, SCHEMA_PATH, as_task, dimension_of, read_tweets, split_80_20
+    from training.evaluation import dimension_score, evaluate_model
+    from training.pipeline import run_training
+    from training.predict import TrainedPredictor
+    from training.training_args import TrainingArguments
+
+    schema = load_schema(SCHEMA_PATH)
+    train, test = split_80_20(read_tweets(DEFAULT_DATA), 2016)
+    args = TrainingArguments(progress=False, seed=seed, max_length=64)
+    if fine_tune:
+        args = dataclasses.replace(args, epochs=1, ngram_weight=0.0, embedding_weight=0.0, refit_heads=False)
+    # the held-out rows: the task's data and its one answered dimension (the tweet's own target)
+    held_out = [{**as_task(t, schema)["data"], dimension_of(schema, t["target"]): t["stance"]} for t in test]
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        outcome = run_training([as_task(t, schema) for t in train], schema, scratch, args, promote=False)
+        serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
+        print(f"  SemEval model ({'fine-tuned, encoder heads' if fine_tune else 'defaults'}): {serving['reason']}")
+        for runtime in ("torch-fp32", "onnx-int8"):
+            predictor = TrainedPredictor(outcome.model_dir, runtime=runtime)
+            report = evaluate_model(outcome.model_dir, held_out, predictor)
+            for name, metrics in report["dimensions"].items():
+                value = dimension_score(metrics)
+                if value is not None:
+                    out.setdefault(name, {})[runtime] = 100 * value
+    return out
+
+
 def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
@@ -151,6 +188,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-semeval", action="store_true", help="no accuracy check on SemEval-2016 tweets")
     args = parser.parse_args()
 
     tasks = sample_like(args.paragraphs)
@@ -219,6 +257,18 @@ def main() -> None:
                 f"  {name:<26} {mean_sd(by_runtime['torch-fp32']):>14} {mean_sd(by_runtime['onnx-int8']):>14}"
                 f" {mean_sd(diffs):>14}"
             )
+    if not args.skip_semeval:
+        print("\naccuracy on SemEval-2016 task 6 (80/20 split of the training tweets, macro-F1 x100 per target)")
+        print_semeval()
+
+
+def print_semeval() -> None:
+    for fine_tune in (False, True):
+        scores = accuracy_semeval(fine_tune)
+        print(f"  {'target':<26} {'torch fp32':>10} {'onnx int8':>10} {'difference':>10}")
+        for name, by_runtime in scores.items():
+            torch_f1, onnx_f1 = by_runtime["torch-fp32"], by_runtime["onnx-int8"]
+            print(f"  {name:<26} {torch_f1:>10.1f} {onnx_f1:>10.1f} {onnx_f1 - torch_f1:>+10.1f}")
 
 
 def ray_rates(args: argparse.Namespace, tasks: list[dict], models: Path, scratch: Path, rates: dict) -> None:

@@ -459,4 +459,10 @@ def test_fine_tuning_starts_from_the_probed_heads(schema, tokenizer):
     probed, settings = loss_after(20)
     plain, _ = loss_after(0)
     assert probed < 0.5 * plain  # the heads came out of the probe fitted, not freshly initialised
-    assert settings == {"target_encoding": "pair", "epochs": 5.0, "probe_epochs": 20}
+    # no row labels the evidence spans: their head is silenced (no spans) rather than left as initialised
+    assert settings == {
+        "target_encoding": "pair",
+        "epochs": 5.0,
+        "probe_epochs": 20,
+        "unlabelled_span_dimensions": ["evidence"],
+    }
