@@ -128,6 +128,7 @@ def accuracy_by_fold(folds: int, seed: int = 42) -> dict[str, dict[str, list[flo
             held_out = [{**rows[i]} for i in test]
             for runtime in ("torch-fp32", "onnx-int8"):
                 predictor = TrainedPredictor(outcome.model_dir, runtime=runtime)
+                assert predictor.runtime == runtime, predictor.runtime_reason  # never torch standing in for ONNX
                 report = evaluate_model(outcome.model_dir, held_out, predictor)
                 for name, metrics in report["dimensions"].items():
                     value = dimension_score(metrics)
@@ -165,6 +166,7 @@ def accuracy_semeval(fine_tune: bool, seed: int = 42) -> dict[str, dict[str, flo
         print(f"  SemEval model ({'fine-tuned, encoder heads' if fine_tune else 'defaults'}): {serving['reason']}")
         for runtime in ("torch-fp32", "onnx-int8"):
             predictor = TrainedPredictor(outcome.model_dir, runtime=runtime)
+            assert predictor.runtime == runtime, predictor.runtime_reason  # never torch standing in for ONNX
             report = evaluate_model(outcome.model_dir, held_out, predictor)
             for name, metrics in report["dimensions"].items():
                 value = dimension_score(metrics)

@@ -93,9 +93,12 @@ def test_a_graph_that_loses_accuracy_is_not_served_and_the_manifest_says_why(sch
     serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
     assert serving["runtime"] == TORCH_RUNTIME
     assert serving["reason"].startswith("ONNX int8 lost more than") and "threat_characterization" in serving["reason"]
-    assert not (outcome.model_dir / ONNX_FILE).exists()
+    assert "answers differ" in serving["reason"]
+    assert all("changed_answers" in scores for scores in serving["check"].values())
     predictor = TrainedPredictor(outcome.model_dir)
     assert predictor.runtime == TORCH_RUNTIME and "lost more than" in predictor.runtime_description
+    # the graph stays: an operator who accepts the difference may still serve it
+    assert TrainedPredictor(outcome.model_dir, runtime=ONNX_RUNTIME).runtime == ONNX_RUNTIME
 
 
 def test_no_onnx_and_a_damaged_graph_fall_back_to_torch_with_a_reason(schema, tmp_path, model_dir):

@@ -28,8 +28,10 @@ def check_onnx_runtime(
 
     ONNX int8 serves when every dimension's score on `test_rows` is within MAX_F1_DROP of torch fp32's, both read
     through TrainedPredictor (so calibration, companions and thresholds are those served). Returns the manifest's
-    SERVING_KEY entry; the graph is removed when it does not serve."""
-    from training.evaluation import dimension_score, evaluate_model
+    SERVING_KEY entry, with each dimension's scores and how many answers the runtimes give differently. A graph
+    that failed to export or load is removed; one refused for its scores stays, for an operator who accepts it
+    (WORKBENCH_TRAINED_RUNTIME=onnx-int8)."""
+    from training.evaluation import dimension_score, evaluate_outputs
     from training.predict import TrainedPredictor
 
     folder = Path(folder)
@@ -42,13 +44,20 @@ def check_onnx_runtime(
     if not test_rows:
         shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
         return {"runtime": TORCH_RUNTIME, "reason": "no test rows to check the ONNX int8 graph against torch fp32"}
-    reports = {}
+    records = [dict(row) for row in test_rows]
+    reports, answers = {}, {}
     for runtime in (TORCH_RUNTIME, ONNX_RUNTIME):
         predictor = TrainedPredictor(folder, runtime=runtime, model_version=folder.name)
         if predictor.runtime != runtime:  # the graph did not load: the predictor fell back to torch
             shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
             return {"runtime": TORCH_RUNTIME, "reason": predictor.runtime_reason}
-        reports[runtime] = evaluate_model(folder, list(test_rows), predictor)
+        raw = predictor.outputs(records)
+        probs = predictor.probabilities(raw, records)
+        uncalibrated = raw.probabilities(predictor.dimensions)
+        reports[runtime] = evaluate_outputs(
+            predictor.dimensions, records, probs, raw.spans, uncalibrated, predictor.thresholds
+        )
+        answers[runtime] = [p.labels for p in predictor.predictions(raw, probs, len(records))]
     check: dict[str, Any] = {}
     worse = []
     for name, metrics in reports[TORCH_RUNTIME]["dimensions"].items():
@@ -56,14 +65,26 @@ def check_onnx_runtime(
         onnx_score = dimension_score(reports[ONNX_RUNTIME]["dimensions"][name])
         if torch_score is None or onnx_score is None:
             continue
-        check[name] = {"torch": round(torch_score, 4), "onnx": round(onnx_score, 4), "n": metrics["n"]}
+        labelled = [i for i, row in enumerate(records) if row.get(name) is not None]
+        changed = sum(
+            _answer(answers[TORCH_RUNTIME][i][name]) != _answer(answers[ONNX_RUNTIME][i][name]) for i in labelled
+        )
+        check[name] = {"torch": round(torch_score, 4), "onnx": round(onnx_score, 4), "n": len(labelled)}
+        check[name]["changed_answers"] = changed
         if torch_score - onnx_score > MAX_F1_DROP + 1e-9:
-            worse.append(f"{name} {100 * onnx_score:.1f} vs {100 * torch_score:.1f}")
-    if worse:
-        shutil.rmtree(folder / Path(ONNX_FILE).parent, ignore_errors=True)
+            scores = f"{100 * onnx_score:.1f} vs {100 * torch_score:.1f}"
+            worse.append(f"{name} {scores} ({changed} of {len(labelled)} answers differ)")
+    if worse:  # the graph stays in the folder: WORKBENCH_TRAINED_RUNTIME=onnx-int8 may still choose it
         reason = f"ONNX int8 lost more than {100 * MAX_F1_DROP:.1f} points on the test split: {'; '.join(worse)}"
         return {"runtime": TORCH_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
     reason = (
         f"ONNX int8 within {100 * MAX_F1_DROP:.1f} points of torch fp32 on every dimension ({len(test_rows)} test rows)"
     )
     return {"runtime": ONNX_RUNTIME, "reason": reason, "check": check, "test_rows": len(test_rows)}
+
+
+def _answer(value: Any) -> Any:
+    """A dimension's answer without its scores: spans by (start, end, label), choices as they are."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return sorted((span["start"], span["end"], span["label"]) for span in value)
+    return value
