@@ -78,8 +78,8 @@ class PredictResult:
     @property
     def steady_rate(self) -> float:
         """Paragraphs per second once the models were loaded: after the first batch came back."""
-        if self.first_batch is None or self.seconds <= self.first_batch:
-            return self.rate
+        if self.first_batch is None or self.seconds <= self.first_batch or self.predicted <= self.first_rows:
+            return self.rate  # one batch in all: nothing came back after the models were loaded
         return (self.predicted - self.first_rows) / (self.seconds - self.first_batch)
 
 
