@@ -80,6 +80,14 @@ def predict(
     cpus_per_actor: Annotated[
         int, typer.Option("--cpus-per-actor", help="CPUs, and so inference threads, of each actor.")
     ] = 1,
+    gpus_per_actor: Annotated[
+        float,
+        typer.Option(
+            "--gpus-per-actor",
+            help="GPUs of each actor (e.g. 1, or 0.5 to share one between two); 0: CPUs only. A trained model then "
+            "runs torch on the actor's GPU; the cold start stays on CPU.",
+        ),
+    ] = 0.0,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Tasks per actor call and per Parquet part (the most a crash loses).")
     ] = 64,
@@ -102,6 +110,7 @@ def predict(
             ray_address=ray_address,
             actors=actors,
             cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
             batch_size=batch_size,
             ls_batch_size=ls_batch_size,
         ),

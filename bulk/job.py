@@ -45,6 +45,7 @@ class PredictOptions:
     ray_address: str | None = None
     actors: int | None = None
     cpus_per_actor: int = 1
+    gpus_per_actor: float = 0.0  # Ray gives each actor its share of a GPU (CUDA_VISIBLE_DEVICES): torch runs there
     batch_size: int = DEFAULT_BATCH_SIZE
     ls_batch_size: int = 100
 
@@ -96,6 +97,8 @@ def _check(options: PredictOptions) -> None:
     ):
         if value < 1:
             raise CommandError(f"{name} must be at least 1, got {value}")
+    if options.gpus_per_actor < 0:
+        raise CommandError(f"--gpus-per-actor must be 0 or more, got {options.gpus_per_actor}")
     if options.actors is not None and options.actors < 1:
         raise CommandError(f"--actors must be at least 1, got {options.actors}")
 
@@ -163,6 +166,9 @@ def _run(
 
     started = False
     if not ray.is_initialized():
+        # Ray notes on stderr that it turned token authentication on for the cluster it starts: secure, the default,
+        # and nothing to act on (setting RAY_AUTH_MODE=token ourselves instead broke the local cluster's start)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
             address=options.ray_address,
             # one logical CPU more than the cores: the actors take the cores, the light read tasks get the rest
@@ -176,6 +182,8 @@ def _run(
         started = True
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)  # not "execution finished" after every stage
+    # ours shows progress instead: not a warning that Ray Data's bars are off
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours below shows paragraphs/s and the ETA over the whole input
@@ -186,6 +194,12 @@ def _run(
             rows = project_rows(tasks, folder.done)
             source = Source(from_rows(rows, options.batch_size), len(tasks), f"Label Studio project {options.project}")
         actors = options.actors or _default_actors(options)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if actors * options.gpus_per_actor > gpus:  # Ray would wait forever for GPUs it does not have
+            raise CommandError(
+                f"{actors} actors x {options.gpus_per_actor:g} GPU need {actors * options.gpus_per_actor:g} GPUs and "
+                f"this Ray has {gpus:g}: pass fewer --actors or --gpus-per-actor 0"
+            )
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if not options.ray_address and actors * options.cpus_per_actor >= cpus:
             raise CommandError(
@@ -194,7 +208,8 @@ def _run(
             )
         echo(
             f"input: {source.label} ({source.rows if source.rows is not None else 'unknown'} rows); "
-            f"{actors} actor{'s' if actors > 1 else ''} x {options.cpus_per_actor} CPU, batches of {options.batch_size}"
+            f"{actors} actor{'s' if actors > 1 else ''} x {options.cpus_per_actor} CPU"
+            f"{f' + {options.gpus_per_actor:g} GPU' if options.gpus_per_actor else ''}, batches of {options.batch_size}"
         )
         result = PredictResult(choice.version, choice.describe(), source.rows, actors=actors)
         result.already_done = len(folder.done)
@@ -207,6 +222,7 @@ def _run(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=options.cpus_per_actor,
+            num_gpus=options.gpus_per_actor or None,
             zero_copy_batch=True,
         )
         _consume(mapped, options, schema, folder, writer, result, echo, progress)
@@ -224,6 +240,8 @@ def _default_actors(options: PredictOptions) -> int:
     for reading); on a cluster, its CPUs less one, since reading the input needs a CPU that the actors leave free."""
     import ray
 
+    if options.gpus_per_actor > 0:  # one actor per GPU share: the GPUs, not the cores, set the pace
+        return max(1, int(float(ray.cluster_resources().get("GPU", 0)) // options.gpus_per_actor))
     if not options.ray_address:
         return max(1, local_cpus() // options.cpus_per_actor)
     return max(1, (int(ray.cluster_resources().get("CPU", 1)) - 1) // options.cpus_per_actor)

@@ -158,6 +158,9 @@ def test_a_part_appears_only_whole(tmp_path, monkeypatch, schema):
         (["{good}", "--out", "{out}", "--project", "3"], "pass either SOURCE or --ls-url URL --project ID"),
         (["--out", "{out}"], "give SOURCE"),
         (["{bad}", "--out", "{out}"], "cannot read as JSON lines"),
+        # this machine has no GPU: a GPU actor would wait for one forever; the job says so instead (Ray starts)
+        (["{good}", "--out", "{out}", "--gpus-per-actor", "1", "--cold-start"], "need 1 GPUs and this Ray has 0"),
+        (["{good}", "--out", "{out}", "--gpus-per-actor", "-1"], "--gpus-per-actor must be 0 or more"),
     ],
 )
 def test_bad_input_or_options_stop_with_one_line(tmp_path, capsys, monkeypatch, twenty, args, message):
