@@ -32,10 +32,10 @@ class Settings(BaseSettings):
         description="Cold-start encoder precision (bf16: torch only). Unset: int8 on onnx; on torch fp32, or int8 "
         "with WORKBENCH_QUANTIZE.",
     )
-    trained_runtime: Literal["auto", "onnx-int8", "torch-fp32"] = Field(
+    trained_runtime: Literal["auto", "onnx-int8", "onnx-fp32", "torch-fp32"] = Field(
         default="auto",
-        description="What runs a fine-tuned model: auto (ONNX int8 where the version passed its check against torch, "
-        "else torch fp32), or one of them.",
+        description="What runs a fine-tuned model: auto (the ONNX graph that passed the version's check against "
+        "torch: int8, else fp32; else torch fp32), or one of them.",
     )
     onnx_cache_dir: Path | None = Field(
         default=None, description="Where exported ONNX graphs are cached (default: ~/.cache/stance-workbench/onnx)."

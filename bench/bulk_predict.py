@@ -10,7 +10,8 @@ Measured in the same run, on this machine, --threads threads everywhere:
   /predict      `workbench serve` in its own process, requests of 32 tasks, then single-task requests for p50/p99
                 latency: the cold start, the trained model on torch fp32, and on ONNX int8
                 (WORKBENCH_TRAINED_RUNTIME)
-  in process    TrainedPredictor.predict on batches of 32, torch fp32 against ONNX int8, 1 and --threads threads
+  in process    TrainedPredictor.predict on batches of 32, torch fp32 against ONNX int8 and fp32, 1 and --threads
+                threads
   workbench predict   the Ray Data job over all --paragraphs paragraphs into Parquet, with the trained model (ONNX
                 int8) and with the cold start, on 1 and on --actors actors (one thread each); peak memory (RSS)
                 per actor
@@ -95,8 +96,9 @@ def in_process(model_dir: Path, tasks: list[dict], threads: int) -> dict[str, fl
     from training.predict import TrainedPredictor
 
     figures = {}
-    for runtime in ("torch-fp32", "onnx-int8"):
+    for runtime in ("torch-fp32", "onnx-int8", "onnx-fp32"):
         predictor = TrainedPredictor(model_dir, runtime=runtime, threads=threads)
+        assert predictor.runtime == runtime, predictor.runtime_reason
         predictor.predict(tasks[:32])
         started = time.perf_counter()
         for start in range(0, len(tasks), 32):

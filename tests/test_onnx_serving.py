@@ -41,7 +41,7 @@ def test_a_saved_version_carries_its_int8_graph_and_the_check_that_chose_it(mode
     assert serving["runtime"] == ONNX_RUNTIME, serving["reason"]
     assert (model_dir / ONNX_FILE).is_file()
     assert serving["check"], "the check names every dimension it compared"
-    for name, scores in serving["check"].items():
+    for name, scores in serving["check"][ONNX_RUNTIME].items():
         assert scores["torch"] - scores["onnx"] <= onnx_check.MAX_F1_DROP + 1e-9, name
     predictor = TrainedPredictor(model_dir, threads=2)
     assert predictor.runtime == ONNX_RUNTIME
@@ -93,8 +93,9 @@ def test_a_graph_that_loses_accuracy_is_not_served_and_the_manifest_says_why(sch
     serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
     assert serving["runtime"] == TORCH_RUNTIME
     assert serving["reason"].startswith("ONNX int8 lost more than") and "threat_characterization" in serving["reason"]
-    assert "answers differ" in serving["reason"]
-    assert all("changed_answers" in scores for scores in serving["check"].values())
+    assert "answers differ" in serving["reason"] and "ONNX fp32 lost more than" in serving["reason"]
+    assert serving["check"].keys() == {"onnx-int8", "onnx-fp32"}
+    assert all("changed_answers" in scores for check in serving["check"].values() for scores in check.values())
     predictor = TrainedPredictor(outcome.model_dir)
     assert predictor.runtime == TORCH_RUNTIME and "lost more than" in predictor.runtime_description
     # the graph stays: an operator who accepts the difference may still serve it
@@ -147,8 +148,9 @@ def test_an_unchanged_encoder_is_exported_once_and_a_damaged_cached_graph_is_not
     model, tokenizer = MultiHeadModel.from_encoder(schema, max_seq_length=48), load_tokenizer(None)
     first = onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v1")
     second = onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v2")
-    assert len(exports) == 1 and first.read_bytes() == second.read_bytes()
-    (cached,) = (tmp_path / "cache").glob("trained-encoder-*.onnx")
+    assert len(exports) == 1 and first.keys() == second.keys() == {"onnx-int8", "onnx-fp32"}
+    assert all(first[runtime].read_bytes() == second[runtime].read_bytes() for runtime in first)
+    (cached,) = (tmp_path / "cache").glob("trained-encoder-*-int8.onnx")
     with torch.no_grad():
         model.encoder.embeddings.word_embeddings.weight[5].add_(1.0)  # another encoder: another graph
     onnx_serving.export_onnx_model(model, tokenizer, tmp_path / "v3")
@@ -159,6 +161,34 @@ def test_an_unchanged_encoder_is_exported_once_and_a_damaged_cached_graph_is_not
     args = dataclasses.replace(ENCODER_ONLY, epochs=0)
     outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, promote=False, source="test")
     serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
-    assert len(exports) == 2  # the cache answered, with a file that does not load
-    assert serving["runtime"] == TORCH_RUNTIME and serving["reason"].startswith("ONNX int8 could not load")
+    assert len(exports) == 2  # the cache answered, with an int8 file that does not load: the fp32 graph serves
+    assert serving["runtime"] == "onnx-fp32" and serving["reason"].startswith("ONNX int8: ONNX int8 could not load")
     assert not (outcome.model_dir / ONNX_FILE).exists()
+    assert TrainedPredictor(outcome.model_dir).runtime == "onnx-fp32"
+
+
+def test_when_int8_loses_points_the_fp32_graph_serves_with_torch_s_answers(schema, tmp_path, monkeypatch):
+    real_compare = onnx_check._compare
+    calls = []
+
+    def int8_loses(reference, candidate, records):  # int8 is compared first; pretend it lost a dimension
+        check, worse = real_compare(reference, candidate, records)
+        calls.append(worse)
+        return check, worse or (
+            ["threat_characterization 50.0 vs 60.0 (1 of 3 answers differ)"] if len(calls) == 1 else []
+        )
+
+    monkeypatch.setattr(onnx_check, "_compare", int8_loses)
+    outcome = run_training(synthetic_export(16), schema, tmp_path, ENCODER_ONLY, promote=False, source="test")
+    serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
+    assert len(calls) == 2 and calls[1] == []  # fp32 really passed the comparison
+    assert serving["runtime"] == "onnx-fp32", serving["reason"]
+    assert (
+        serving["reason"].startswith("ONNX int8 lost more than 0.5 points") and "ONNX fp32 within" in serving["reason"]
+    )
+    fp32 = TrainedPredictor(outcome.model_dir, threads=2)
+    torch_ = TrainedPredictor(outcome.model_dir, runtime=TORCH_RUNTIME)
+    assert fp32.runtime == "onnx-fp32"
+    got, expected = fp32.outputs(RECORDS), torch_.outputs(RECORDS)
+    for name, logits in expected.logits.items():
+        np.testing.assert_allclose(got.logits[name], logits, atol=2e-3, err_msg=name)  # fp32: torch's own numbers

@@ -40,10 +40,12 @@ from training.outputs import ModelOutputs, decode_spans
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "onnx/encoder-int8.onnx"  # inside a model version's folder
 SERVING_KEY = "serving"  # the manifest's entry: {"runtime", "reason", "check"}
-ONNX_RUNTIME, TORCH_RUNTIME = "onnx-int8", "torch-fp32"
-RUNTIME_CHOICES = ("auto", ONNX_RUNTIME, TORCH_RUNTIME)  # auto: what the version's check chose
+ONNX_RUNTIME, ONNX_FP32_RUNTIME, TORCH_RUNTIME = "onnx-int8", "onnx-fp32", "torch-fp32"
+ONNX_RUNTIMES = (ONNX_RUNTIME, ONNX_FP32_RUNTIME)  # in the order the check tries them: fastest first
+ONNX_FILES = {ONNX_RUNTIME: "onnx/encoder-int8.onnx", ONNX_FP32_RUNTIME: "onnx/encoder-fp32.onnx"}  # in a version
+ONNX_FILE = ONNX_FILES[ONNX_RUNTIME]
+RUNTIME_CHOICES = ("auto", *ONNX_RUNTIMES, TORCH_RUNTIME)  # auto: what the version's check chose
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_RECIPE = "1"  # bump whenever _export changes what it writes: cached graphs of older recipes are then ignored
 
@@ -65,8 +67,9 @@ class _TokenStates(torch.nn.Module):
 
 def export_onnx_model(
     model: MultiHeadModel, tokenizer: Any, folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
-) -> Path:
-    """Write the model's encoder as an int8 ONNX graph at `folder`/ONNX_FILE (atomically); raises on failure.
+) -> dict[str, Path]:
+    """Write the model's encoder as ONNX graphs in `folder` (ONNX_FILES: int8, and the fused fp32 graph it is
+    quantized from), each atomically; returns them by runtime; raises on failure.
 
     Exported with eager attention (the pattern onnxruntime's optimizer fuses), fused, quantized, and checked for
     finite token states of the right shape; accuracy is training/onnx_check.py's business. Graphs are also kept in
@@ -74,23 +77,27 @@ def export_onnx_model(
     of the encoder's weights: without fine-tuning (the default) every version has the pretrained encoder, and the
     export (~8 s for MiniLM on 2 cores) happens once."""
     folder = Path(folder)
-    target = folder / ONNX_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
+    targets = {runtime: folder / name for runtime, name in ONNX_FILES.items()}
+    for target in targets.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_onnx_cache_dir()
-    cached = cache / f"trained-encoder-{_weights_key(model.encoder)}.onnx"
-    if cached.is_file():
-        _place(cached, target)
-        return target
-    _export(model.encoder, tokenizer, target)
+    key = _weights_key(model.encoder)
+    cached = {runtime: cache / f"trained-encoder-{key}-{runtime.split('-')[1]}.onnx" for runtime in targets}
+    if all(path.is_file() for path in cached.values()):
+        for runtime, target in targets.items():
+            _place(cached[runtime], target)
+        return targets
+    _export(model.encoder, tokenizer, targets)
     try:  # a cache that cannot be written costs the next export, nothing else
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, prefix=".trained-", suffix=".onnx", delete=False) as handle:
-            staged = Path(handle.name)
-        shutil.copyfile(target, staged)
-        os.replace(staged, cached)
+        for runtime, target in targets.items():
+            with tempfile.NamedTemporaryFile(dir=cache, prefix=".trained-", suffix=".onnx", delete=False) as handle:
+                staged = Path(handle.name)
+            shutil.copyfile(target, staged)
+            os.replace(staged, cached[runtime])
     except OSError as error:
-        log.info("could not keep the ONNX graph in the cache %s: %s", cache, error)
-    return target
+        log.info("could not keep the ONNX graphs in the cache %s: %s", cache, error)
+    return targets
 
 
 def _weights_key(encoder: torch.nn.Module) -> str:
@@ -118,8 +125,10 @@ def _place(source: Path, target: Path) -> None:
     os.replace(staged, target)
 
 
-def _export(encoder: torch.nn.Module, tokenizer: Any, target: Path) -> None:
-    """Export, fuse and quantize `encoder` into `target` through a temporary file beside it."""
+def _export(encoder: torch.nn.Module, tokenizer: Any, targets: Mapping[str, Path]) -> None:
+    """Export and fuse `encoder` (the fp32 graph), quantize that (int8), each into its `targets` path through a
+    temporary folder beside it."""
+    target = targets[ONNX_RUNTIME]
     previous = getattr(encoder.config, "_attn_implementation", None)
     was_training = encoder.training
     encoder.eval()
@@ -152,8 +161,11 @@ def _export(encoder: torch.nn.Module, tokenizer: Any, target: Path) -> None:
                 )
             encoder.to(device)
             fused = fuse_transformer_graph(exported, encoder.config, Path(tmp) / "fused.onnx")
+            fp32 = Path(shutil.copyfile(fused, Path(tmp) / "fp32.onnx"))  # the quantizer writes beside its input
             staged = quantize_int8(fused, Path(tmp) / "int8.onnx")
-            _sanity_check(staged, tokenizer, int(encoder.config.hidden_size))
+            for graph in (fp32, staged):
+                _sanity_check(graph, tokenizer, int(encoder.config.hidden_size))
+            os.replace(fp32, targets[ONNX_FP32_RUNTIME])
             os.replace(staged, target)
         finally:
             if previous not in (None, "eager"):
@@ -278,10 +290,12 @@ def _key(encoded: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
     return ids if not types or not any(types) else (*ids, -1, *types)
 
 
-def load_onnx_runner(folder: Path, model: MultiHeadModel, tokenizer: Any, threads: int | None) -> OnnxRunner:
-    """The runner for a saved version's graph (raises when the file or onnxruntime is missing)."""
-    graph = folder / ONNX_FILE
+def load_onnx_runner(
+    folder: Path, model: MultiHeadModel, tokenizer: Any, threads: int | None, runtime: str = ONNX_RUNTIME
+) -> OnnxRunner:
+    """The runner for a saved version's graph of `runtime` (raises when the file or onnxruntime is missing)."""
+    graph = folder / ONNX_FILES[runtime]
     if not graph.is_file():
-        raise FileNotFoundError(f"{ONNX_FILE} is missing from the model folder")
+        raise FileNotFoundError(f"{ONNX_FILES[runtime]} is missing from the model folder")
     with quiet_transformers():
         return OnnxRunner(graph, model, tokenizer, threads)

@@ -147,7 +147,7 @@ class TrainedPredictor:
     ) -> None:
         from transformers import AutoTokenizer
 
-        from training.onnx_serving import ONNX_RUNTIME, RUNTIME_CHOICES, SERVING_KEY, TORCH_RUNTIME
+        from training.onnx_serving import ONNX_RUNTIMES, RUNTIME_CHOICES, SERVING_KEY, TORCH_RUNTIME
 
         if runtime not in RUNTIME_CHOICES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIME_CHOICES)} (got {runtime!r})")
@@ -180,17 +180,18 @@ class TrainedPredictor:
         if runtime == "auto" and not serving:
             self.runtime_reason = "saved before ONNX serving existed: torch fp32"
         self._onnx = None
-        if chosen == ONNX_RUNTIME and torch.device(device).type != "cpu":
-            chosen, self.runtime_reason = TORCH_RUNTIME, f"torch serves on {device} (ONNX int8 is for CPUs)"
-        elif chosen == ONNX_RUNTIME:
+        if chosen in ONNX_RUNTIMES and torch.device(device).type != "cpu":
+            chosen, self.runtime_reason = TORCH_RUNTIME, f"torch serves on {device} (the ONNX graphs are for CPUs)"
+        elif chosen in ONNX_RUNTIMES:
             from training.onnx_serving import load_onnx_runner
 
             try:
-                self._onnx = load_onnx_runner(self.model_dir, self.model, self.tokenizer, threads)
+                self._onnx = load_onnx_runner(self.model_dir, self.model, self.tokenizer, threads, chosen)
                 self.model.encoder.to("meta")  # the graph replaces the fp32 weights: ~90 MB less per process (MiniLM)
             except Exception as error:  # onnxruntime missing or a damaged graph: torch still serves correctly
+                name = chosen.replace("onnx-", "ONNX ")
+                self.runtime_reason = f"{name} could not load ({type(error).__name__}: {error}); torch fp32 serves"
                 chosen = TORCH_RUNTIME
-                self.runtime_reason = f"ONNX int8 could not load ({type(error).__name__}: {error}); torch fp32 serves"
         self.runtime = chosen
         self.runtime_description = f"{chosen} ({self.runtime_reason})"  # GET /health
         self._lock = threading.Lock()  # one inference at a time: fast tokenizers are not safe across threads
