@@ -45,6 +45,7 @@ from bench.predict import (  # noqa: E402 (after the path insert)
     wait_healthy,
 )
 from bench.retrain_turnaround import vary  # noqa: E402
+from bench.trained_serving import dev_tasks  # noqa: E402
 
 FIELDS = ("key", "text", "title", "source", "article_id")
 
@@ -61,22 +62,6 @@ def sample_like(count: int) -> list[dict]:
         data["key"] = f"{task['key']}~{copy}"
         out.append(data)
     return out
-
-
-def dev_tasks() -> list[dict]:
-    """The dev set as Label Studio tasks with one annotation each."""
-    from annotation_config.regions import labels_to_results
-    from annotation_config.schema import load_schema
-
-    schema = load_schema()
-    tasks = []
-    for n, line in enumerate((REPO / "data" / "dev_labels.jsonl").read_text(encoding="utf-8").splitlines(), 1):
-        row = json.loads(line)
-        data = {k: row[k] for k in ("key", "text", "article_id")}
-        labels = {d.name: row[d.name] for d in schema.dimensions if row.get(d.name) is not None}
-        result = labels_to_results(schema, labels, data)
-        tasks.append({"id": n, "data": data, "annotations": [{"id": n, "result": result}]})
-    return tasks
 
 
 def train_promoted(models: Path, tasks: list[dict]) -> str:
@@ -107,14 +92,28 @@ def in_process(model_dir: Path, tasks: list[dict], threads: int) -> dict[str, fl
     return figures
 
 
+def runtime_scores(model_dir: Path, held_out: list[dict]) -> dict[str, dict[str, float]]:
+    """Per dimension and runtime (torch fp32, ONNX int8), the score x100 of a saved model on `held_out` rows."""
+    from training.evaluation import dimension_score, evaluate_model
+    from training.predict import TrainedPredictor
+
+    out: dict[str, dict[str, float]] = {}
+    for runtime in ("torch-fp32", "onnx-int8"):
+        predictor = TrainedPredictor(model_dir, runtime=runtime)
+        assert predictor.runtime == runtime, predictor.runtime_reason  # never torch standing in for ONNX
+        for name, metrics in evaluate_model(model_dir, held_out, predictor)["dimensions"].items():
+            value = dimension_score(metrics)
+            if value is not None:
+                out.setdefault(name, {})[runtime] = 100 * value
+    return out
+
+
 def accuracy_by_fold(folds: int, seed: int = 42) -> dict[str, dict[str, list[float]]]:
     """Per dimension and runtime, the macro-F1 (partial F1 for spans) of each fold's model on its held-out rows."""
     from sklearn.model_selection import GroupKFold
 
     from annotation_config.schema import load_schema
-    from training.evaluation import dimension_score, evaluate_model
     from training.pipeline import run_training
-    from training.predict import TrainedPredictor
     from training.training_args import TrainingArguments
 
     schema = load_schema()
@@ -127,15 +126,9 @@ def accuracy_by_fold(folds: int, seed: int = 42) -> dict[str, dict[str, list[flo
         with tempfile.TemporaryDirectory() as scratch:
             args = TrainingArguments(progress=False, seed=seed)
             outcome = run_training([tasks[i] for i in train], schema, scratch, args, promote=False)
-            held_out = [{**rows[i]} for i in test]
-            for runtime in ("torch-fp32", "onnx-int8"):
-                predictor = TrainedPredictor(outcome.model_dir, runtime=runtime)
-                assert predictor.runtime == runtime, predictor.runtime_reason  # never torch standing in for ONNX
-                report = evaluate_model(outcome.model_dir, held_out, predictor)
-                for name, metrics in report["dimensions"].items():
-                    value = dimension_score(metrics)
-                    if value is not None:
-                        scores.setdefault(name, {}).setdefault(runtime, []).append(100 * value)
+            for name, by_runtime in runtime_scores(outcome.model_dir, [rows[i] for i in test]).items():
+                for runtime, value in by_runtime.items():
+                    scores.setdefault(name, {}).setdefault(runtime, []).append(value)
         print(f"  fold {fold + 1}/{folds} done", flush=True)
     return scores
 
@@ -149,9 +142,7 @@ def accuracy_semeval(fine_tune: bool, seed: int = 42) -> dict[str, dict[str, flo
 
     from annotation_config.schema import load_schema
     from bench.train_semeval2016 import DEFAULT_DATA, SCHEMA_PATH, as_task, dimension_of, read_tweets, split_80_20
-    from training.evaluation import dimension_score, evaluate_model
     from training.pipeline import run_training
-    from training.predict import TrainedPredictor
     from training.training_args import TrainingArguments
 
     schema = load_schema(SCHEMA_PATH)
@@ -161,20 +152,11 @@ def accuracy_semeval(fine_tune: bool, seed: int = 42) -> dict[str, dict[str, flo
         args = dataclasses.replace(args, epochs=1, ngram_weight=0.0, embedding_weight=0.0, refit_heads=False)
     # the held-out rows: the task's data and its one answered dimension (the tweet's own target)
     held_out = [{**as_task(t, schema)["data"], dimension_of(schema, t["target"]): t["stance"]} for t in test]
-    out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         outcome = run_training([as_task(t, schema) for t in train], schema, scratch, args, promote=False)
         serving = json.loads((outcome.model_dir / "manifest.json").read_text())["serving"]
         print(f"  SemEval model ({'fine-tuned, encoder heads' if fine_tune else 'defaults'}): {serving['reason']}")
-        for runtime in ("torch-fp32", "onnx-int8"):
-            predictor = TrainedPredictor(outcome.model_dir, runtime=runtime)
-            assert predictor.runtime == runtime, predictor.runtime_reason  # never torch standing in for ONNX
-            report = evaluate_model(outcome.model_dir, held_out, predictor)
-            for name, metrics in report["dimensions"].items():
-                value = dimension_score(metrics)
-                if value is not None:
-                    out.setdefault(name, {})[runtime] = 100 * value
-    return out
+        return runtime_scores(outcome.model_dir, held_out)
 
 
 def mean_sd(values: list[float]) -> str:

@@ -24,12 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def train_on_dev_set(folder: Path) -> Path:
-    """A model trained with the product's defaults on the dev set's paragraphs."""
+def dev_tasks() -> list[dict]:
+    """The dev set (data/dev_labels.jsonl) as Label Studio tasks with one annotation each."""
     from annotation_config.regions import labels_to_results
     from annotation_config.schema import load_schema
-    from training.pipeline import run_training
-    from training.training_args import TrainingArguments
 
     schema = load_schema()
     tasks = []
@@ -40,7 +38,17 @@ def train_on_dev_set(folder: Path) -> Path:
         tasks.append(
             {"id": n, "data": data, "annotations": [{"id": n, "result": labels_to_results(schema, labels, data)}]}
         )
-    outcome = run_training(tasks, schema, folder, TrainingArguments(progress=False), promote=False, source="bench")
+    return tasks
+
+
+def train_on_dev_set(folder: Path) -> Path:
+    """A model trained with the product's defaults on the dev set's paragraphs."""
+    from annotation_config.schema import load_schema
+    from training.pipeline import run_training
+    from training.training_args import TrainingArguments
+
+    args = TrainingArguments(progress=False)
+    outcome = run_training(dev_tasks(), load_schema(), folder, args, promote=False, source="bench")
     return outcome.model_dir
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.calibration import softmax
 from training.embedding_heads import MAX_LENGTH as EMBEDDING_MAX_LENGTH
 from training.encoder import allowed_cpus
 from training.modeling import BIO, MultiHeadModel, attends_to_target, encode_views, quiet_transformers, view_of
@@ -256,14 +257,7 @@ class OnnxRunner:
         states = dict(zip(keys, run(self._states, (distinct[k] for k in keys)), strict=True))
 
         dims = [d for d in config.dimensions if wanted is None or view_of(d).id in wanted]
-        out = ModelOutputs(
-            logits={
-                d["name"]: np.zeros((len(records), len(d["labels"])), np.float32)
-                for d in config.dimensions
-                if d["kind"] != "spans"
-            },
-            spans={d["name"]: [[] for _ in records] for d in config.dimensions if d["kind"] == "spans"},
-        )
+        out = ModelOutputs.empty(config.dimensions, len(records))
         for i, item in enumerate(items):
             for dim in dims:
                 view_id = view_of(dim).id
@@ -272,8 +266,7 @@ class OnnxRunner:
                 if dim["kind"] != "spans":
                     out.logits[dim["name"]][i] = logits
                     continue
-                probs = np.exp(logits - logits.max(-1, keepdims=True))
-                probs /= probs.sum(-1, keepdims=True)
+                probs = softmax(logits)  # over O / B / I, per token and label
                 text = str(records[i].get(dim["field"]) or "")
                 out.spans[dim["name"]][i] = decode_spans(probs, item[view_id]["offset_mapping"], dim["labels"], text)
         for name, ids in embed_inputs.items():

@@ -21,6 +21,18 @@ class ModelOutputs:
     spans: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # per text field asked for: [N, hidden]
 
+    @classmethod
+    def empty(cls, dimensions: Sequence[Mapping[str, Any]], count: int) -> ModelOutputs:
+        """Outputs for `count` records before any pass ran: zero logits per choice head, no spans."""
+        return cls(
+            logits={
+                d["name"]: np.zeros((count, len(d["labels"])), dtype=np.float32)
+                for d in dimensions
+                if d["kind"] != "spans"
+            },
+            spans={d["name"]: [[] for _ in range(count)] for d in dimensions if d["kind"] == "spans"},
+        )
+
     def probabilities(
         self, dimensions: Sequence[Mapping[str, Any]], temperatures: Mapping[str, Temperature] | None = None
     ) -> dict[str, np.ndarray]:

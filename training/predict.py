@@ -49,11 +49,7 @@ def run_model(
     `views`: only these encoder passes (view ids; None: all), the others' dimensions keep zero logits.
     """
     config = model.config
-    heads = [d for d in config.dimensions if d["kind"] != "spans"]
-    out = ModelOutputs(
-        logits={d["name"]: np.zeros((len(records), len(d["labels"])), dtype=np.float32) for d in heads},
-        spans={d["name"]: [[] for _ in records] for d in config.dimensions if d["kind"] == "spans"},
-    )
+    out = ModelOutputs.empty(config.dimensions, len(records))
     for name in embed_fields:  # the text alone, for the embedding heads (training/embedding_heads.py)
         texts = [str(record.get(name) or "") for record in records]
         out.embeddings[name] = text_embeddings(model.encoder, tokenizer, texts, batch_size)
