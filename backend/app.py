@@ -97,7 +97,8 @@ def default_predictors(settings: Settings, schema: Schema):
     """Factories for the cold-start predictor and for loading a trained model folder."""
 
     def cold_start() -> Predictor:
-        from backend.cold_start.predictor import ColdStartPredictor, served_embedder
+        from backend.cold_start.embedder import served_embedder
+        from training.cold_start import ColdStartPredictor
 
         embedder = served_embedder(settings)
         log.info("cold-start encoder: %s", embedder.describe())

@@ -45,10 +45,11 @@ from threadpoolctl import threadpool_limits
 from annotation_config.annotations import ANNOTATION_FIELDS, stamp
 from annotation_config.regions import Prediction
 from annotation_config.schema import Dimension, Schema
-from backend.cold_start.predictor import Embedder, is_word_char, non_overlapping_spans
 from backend.predictor import Predictor
+from training.cold_start import Embedder, is_word_char, non_overlapping_spans
 from training.data import AcceptancePolicy, Example, accept, data_hash
 from training.pairs import embedding_features, reading
+from training.prior import answer_distribution, answer_features
 from training.uncertainty import task_score
 
 log = logging.getLogger(__name__)
@@ -274,16 +275,9 @@ def _answer_single(dim: Dimension, head: SingleHead, x: np.ndarray, backup: Pred
 
 
 def _fallback_single(dim: Dimension, backup: Prediction) -> tuple[str | None, np.ndarray]:
-    """The fallback's answer as a distribution: its confidence on its answer, the rest spread evenly."""
-    k = len(dim.values)
+    """The fallback's answer (None when it gave none) and its distribution (training.prior.answer_distribution)."""
     value = backup.labels.get(dim.name)
-    confidence = float(backup.scores.get(dim.name, 1.0 / k))
-    if value not in dim.values:
-        return None, np.full(k, 1.0 / k)
-    confidence = min(max(confidence, 1.0 / k), 1.0)
-    probs = np.full(k, (1.0 - confidence) / (k - 1))
-    probs[dim.values.index(value)] = confidence
-    return value, probs
+    return (value if value in dim.values else None), answer_distribution(dim, backup)
 
 
 def _answer_multi(
@@ -291,13 +285,11 @@ def _answer_multi(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label "on" probabilities and decisions; labels without a head of their own take the fallback's."""
     chosen = set(backup.labels.get(dim.name) or [])
-    score = float(backup.scores.get(dim.name, 0.5))
-    confidence = max(score, 1.0 - score)  # of each yes/no decision the fallback made
     decided = np.array([v in chosen for v in dim.values])
-    on = np.where(decided, confidence, 1.0 - confidence)
+    on = answer_distribution(dim, backup)  # the fallback's confidence in each yes/no decision it made
     if head is None or x is None:
         return on, decided
-    hints = _fallback_hint(dim, backup)
+    hints = answer_features(dim, backup)
     for i, label_head in enumerate(head.labels):
         if isinstance(label_head, LinearHead):
             p = label_head.proba(np.append(x, head.fallback_weight * hints[i]))[1]
@@ -310,21 +302,9 @@ def _answer_multi(
     return on, decided
 
 
-def _fallback_hint(dim: Dimension, backup: Prediction) -> np.ndarray:
-    """The fallback's answer as features: its confidence at the label(s) it chose, 0 elsewhere.
-
-    The confidence, not a bare one-hot: the cold start says "none, 0.7" (the target is never mentioned) and
-    "none, 0.4" (unsure), and a head learns to trust the one and not the other (dev set: +0.06 macro-F1).
-    """
-    value = backup.labels.get(dim.name)
-    chosen = set(value) if isinstance(value, list) else {value}
-    confidence = float(backup.scores.get(dim.name, 0.0))
-    return np.array([confidence if v in chosen else 0.0 for v in dim.values])
-
-
 def _single_features(dim: Dimension, head: SingleHead, x: np.ndarray, backup: Prediction) -> np.ndarray:
     """One text's features for a single-choice head (see `_feature_matrix`)."""
-    return _feature_matrix(head, x[None, :], _fallback_hint(dim, backup)[None, :])[0]
+    return _feature_matrix(head, x[None, :], answer_features(dim, backup)[None, :])[0]
 
 
 def _feature_matrix(head: SingleHead, x: np.ndarray, hints: np.ndarray) -> np.ndarray:
@@ -514,7 +494,7 @@ def fit_heads(
 
     def features(dim: Dimension, head: SingleHead, items: Sequence[Labelled]) -> np.ndarray:
         x = np.stack([_features_of(dim, item.vectors) for item in items])
-        return _feature_matrix(head, x, np.stack([_fallback_hint(dim, item.backup) for item in items]))
+        return _feature_matrix(head, x, np.stack([answer_features(dim, item.backup) for item in items]))
 
     shared: dict[tuple[str, ...], list[Dimension]] = {}
     for dim in schema.of_kind("single"):
@@ -573,7 +553,7 @@ def _fit_multi(dim: Dimension, items: Sequence[Labelled], schema: Schema, config
     from sklearn.linear_model import LogisticRegression
 
     x = np.stack([_features_of(dim, item.vectors) for item in items])
-    hints = np.stack([_fallback_hint(dim, item.backup) for item in items]) * config.fallback_weight
+    hints = np.stack([answer_features(dim, item.backup) for item in items]) * config.fallback_weight
     per_label: list[Any] = []
     n = len(items)
     for j, value in enumerate(dim.values):

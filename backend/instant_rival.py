@@ -54,9 +54,10 @@ def rung_answers(schema: Schema, train: Sequence[Any], test: Sequence[Any], seed
 
 def _fit_rungs(schema: Schema, train: Sequence[Any]) -> tuple[Any, Any]:
     """The cold start, and the instant learner fitted on `train` examples (None when it has nothing to fit)."""
-    from backend.cold_start.predictor import ColdStartPredictor, served_embedder
+    from backend.cold_start.embedder import served_embedder
     from backend.instant_learner import InstantLearner
     from backend.settings import Settings
+    from training.cold_start import ColdStartPredictor
 
     embedder = served_embedder(Settings())
     cold_start = ColdStartPredictor(schema, embedder)

@@ -51,9 +51,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_predictor_class(impl: Path | None) -> type:
-    """ColdStartPredictor from backend.cold_start.predictor, or from another file (an older revision: before/after)."""
+    """ColdStartPredictor from training.cold_start, or from another file (an older revision: before/after)."""
     if impl is None:
-        from backend.cold_start.predictor import ColdStartPredictor
+        from training.cold_start import ColdStartPredictor
 
         return ColdStartPredictor
     spec = importlib.util.spec_from_file_location("cold_start_under_test", impl)
@@ -67,7 +67,7 @@ def load_predictor_class(impl: Path | None) -> type:
 def abstain_value(dim: Dimension) -> str | None:
     """The dimension's abstain label if the cold start module names one (same rule as the predictor), else None."""
     try:
-        from backend.cold_start.predictor import abstain_label
+        from training.cold_start import abstain_label
     except ImportError:  # an older cold start without the notion: fall back to the conventional names
         names = {"none", "neutral", "not_applicable", "n_a", "na", "no_stance", "unrelated", "other"}
         return next((v for v in dim.values if v.lower().replace("-", "_").replace(" ", "_") in names), None)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rev:  # e.g. --rev HEAD: the figures before the working tree's changes
         folder = Path(tempfile.mkdtemp(prefix="cold-start-rev-"))
         for paths, name in (
-            (("backend/cold_start/predictor.py", "backend/cold_start.py"), "cold_start.py"),  # new layout, then old
+            (("training/cold_start.py", "backend/cold_start.py"), "cold_start.py"),  # new layout, then old
             (("annotation_config/schema.yaml",), "schema.yaml"),
         ):
             for path in paths:

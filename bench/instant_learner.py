@@ -296,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from backend.cold_start.embedder import SentenceEmbedder
-    from backend.cold_start.predictor import ColdStartPredictor
+    from training.cold_start import ColdStartPredictor
 
     schema = load_schema(args.schema)
     embedder = SentenceEmbedder(runtime="onnx", precision="int8", threads=args.threads)  # the served default

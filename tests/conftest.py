@@ -50,6 +50,6 @@ def ls_client(label_studio: LabelStudioServer):
 def cold_start_predictor(schema: Schema):
     """The real cold-start predictor on the real all-MiniLM-L6-v2 weights, loaded once per session."""
     from backend.cold_start.embedder import SentenceEmbedder
-    from backend.cold_start.predictor import ColdStartPredictor
+    from training.cold_start import ColdStartPredictor
 
     return ColdStartPredictor(schema, SentenceEmbedder())

@@ -10,14 +10,14 @@ import pytest
 from annotation_config.regions import Prediction, results_to_labels
 from annotation_config.schema import Schema, load_schema, parse_schema
 from backend.cold_start.embedder import SentenceEmbedder
-from backend.cold_start.predictor import (
+from backend.predictor import Predictor
+from training.cold_start import (
     ABSTAIN_SCORE,
     MAX_SCORE,
     NOT_CONCERNED_SCORE,
     ColdStartPredictor,
     abstain_label,
 )
-from backend.predictor import Predictor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HONEST = 0.9  # no cold-start score may claim more

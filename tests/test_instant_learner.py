@@ -16,9 +16,9 @@ import pytest
 from annotation_config.regions import labels_to_results
 from annotation_config.schema import Schema
 from backend.cold_start.embedder import SentenceEmbedder
-from backend.cold_start.predictor import ColdStartPredictor
 from backend.instant_learner import InstantLearner, InstantPredictor, LearnerWorker
 from backend.predictor import Predictor
+from training.cold_start import ColdStartPredictor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "label_studio_requests" / "webhook-ANNOTATION_CREATED.json"
 RECORDED = json.loads(FIXTURE.read_text(encoding="utf-8"))

@@ -125,7 +125,7 @@ def test_the_fnc1_bench_schema_is_valid_and_paired():
 
 
 def test_the_cold_start_answers_unrelated_when_the_two_texts_are_far_apart(pair_schema: Schema, embedder):
-    from backend.cold_start.predictor import ColdStartPredictor
+    from training.cold_start import ColdStartPredictor
 
     cold = ColdStartPredictor(pair_schema, embedder)
     body = TOPICS["volcano"]
@@ -137,8 +137,8 @@ def test_the_cold_start_answers_unrelated_when_the_two_texts_are_far_apart(pair_
 
 
 def test_the_instant_learner_reads_the_headline(pair_schema: Schema, embedder):
-    from backend.cold_start.predictor import ColdStartPredictor
     from backend.instant_learner import InstantLearner
+    from training.cold_start import ColdStartPredictor
 
     learner = InstantLearner(pair_schema, embedder, ColdStartPredictor(pair_schema, embedder))
     learner.load_tasks(pair_tasks())

@@ -121,10 +121,12 @@ def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: 
     embedding = text_embeddings(predictor.model.encoder, predictor.tokenizer, [records[0]["text"]])
     np.testing.assert_allclose(raw.embeddings["text"], embedding, rtol=1e-4, atol=1e-5)
     name = "threat_characterization"
+    # ... and the cold start's answers, from that same embedding (training/prior.py)
+    hints = predictor.prior.features(predictor.prior.answers(records, {"text": embedding}))
     expected = (
         0.3 * alone[name]
-        + 0.3 * predictor.ngram.proba(records)[name]
-        + 0.4 * predictor.embedding_heads.proba({"text": embedding})[name]
+        + 0.3 * predictor.ngram.proba(records, hints)[name]
+        + 0.4 * predictor.embedding_heads.proba({"text": embedding}, hints)[name]
     )
     np.testing.assert_allclose(served[name], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(served[name], alone[name])
@@ -272,10 +274,11 @@ def test_a_trained_model_decides_multi_choice_at_its_tuned_threshold(schema: Sch
     predictor = TrainedPredictor(outcome.model_dir)
     records = [{"text": "Moscow calls the warnings Western propaganda and hype.", "article_id": "x"}]
     raw = predictor.outputs(records)
-    frames = predictor.probabilities(raw, records)["frames"][0]
     values = predictor.config.dimension("frames")["labels"]
     for threshold in (0.0, 1.01):  # every label ticked, then none: the predictor reads the threshold it holds
         predictor.thresholds = {"frames": threshold}
+        # (labels no head learnt answer the cold start's decisions, moved to the right side of the threshold)
+        frames = predictor.probabilities(raw, records)["frames"][0]
         ticked = predictor.predict(records)[0].labels["frames"]
         assert ticked == [v for v, p in zip(values, frames, strict=True) if p >= threshold]
     off = run_training(

@@ -431,6 +431,14 @@ def train(
             "heads get 1 - ngram-weight - embedding-weight.",
         ),
     ] = None,
+    prior_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Weight of the cold start's answers among the companion heads' features; they also answer the "
+            "questions and multi-choice labels no head could learn yet (0: neither).",
+        ),
+    ] = None,
     tune_thresholds: Annotated[
         bool | None,
         typer.Option(
@@ -490,6 +498,7 @@ def train(
         "cpu_budget_tokens": cpu_budget_tokens,
         "ngram_weight": ngram_weight,
         "embedding_weight": embedding_weight,
+        "prior_weight": prior_weight,
         "tune_thresholds": tune_thresholds,
         "refit_heads": refit_heads,
         "onnx": onnx,

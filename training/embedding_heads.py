@@ -119,15 +119,28 @@ class EmbeddingHeads:
     """Logistic heads on sentence embeddings for the choice dimensions of a model (one embedding per text field)."""
 
     def __init__(
-        self, heads: Mapping[str, LinearHead], weight: float = 0.5, prototypes: Mapping[str, Prototypes] | None = None
+        self,
+        heads: Mapping[str, LinearHead],
+        weight: float = 0.5,
+        prototypes: Mapping[str, Prototypes] | None = None,
+        hinted: Sequence[str] = (),
     ) -> None:
         self.heads = dict(heads)
         self.weight = weight  # of these probabilities in the served blend (training/blend.py)
         self.prototypes = {name: p for name, p in (prototypes or {}).items() if name in self.heads}
+        self.hinted = frozenset(hinted)  # heads that also read the cold start's answer (training/prior.py)
 
-    def features(self, name: str, labels: int, embeddings: np.ndarray) -> np.ndarray:
-        """What head `name` reads: the embeddings, then the scaled label-description similarities if it has any."""
-        return _head_features(self.prototypes.get(name), labels, embeddings)
+    def features(
+        self, name: str, labels: int, embeddings: np.ndarray, hints: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """What head `name` reads: the embeddings, then the scaled label-description similarities if it has any,
+        then the cold start's weighted answer (`hints`, ColdStartPrior.features) if it was fitted with it."""
+        x = _head_features(self.prototypes.get(name), labels, embeddings)
+        if name not in self.hinted:
+            return x
+        if hints is None or name not in hints:
+            raise ValueError(f"embedding head {name!r} reads the cold start's answers, and none were given")
+        return np.hstack([x, hints[name]])
 
     @property
     def fields(self) -> list[str]:
@@ -142,10 +155,12 @@ class EmbeddingHeads:
         embeddings: Mapping[str, np.ndarray],
         weight: float = 0.5,
         prototypes: Mapping[str, Prototypes] | None = None,
+        hints: Mapping[str, np.ndarray] | None = None,
     ) -> EmbeddingHeads:
-        """Fit on dataset rows (a column per dimension, None when unanswered), each field's row embeddings and the
-        label descriptions' prototypes per dimension (none: embeddings alone)."""
-        prototypes = prototypes or {}
+        """Fit on dataset rows (a column per dimension, None when unanswered), each field's row embeddings, the
+        label descriptions' prototypes per dimension (none: embeddings alone) and the cold start's weighted answers
+        per dimension (`hints`, [rows, labels]; none: not read)."""
+        prototypes, hints = prototypes or {}, hints or {}
         heads: dict[str, LinearHead] = {}
         for dim in dimensions:
             key = reading(dim["field"], dim.get("pair_with"))
@@ -156,15 +171,20 @@ class EmbeddingHeads:
             if len(have) < MIN_ROWS:
                 continue
             x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), vectors[have])
+            if dim["name"] in hints:
+                x = np.hstack([x, hints[dim["name"]][have]])
             head = fit_head({**dim, "field": key}, x, [rows[i][dim["name"]] for i in have], C_EMBEDDING)
             if head is not None:
                 heads[dim["name"]] = head
-        return cls(heads, weight, prototypes)
+        return cls(heads, weight, prototypes, [name for name in heads if name in hints])
 
-    def proba(self, embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Probabilities per fitted head, from each field's embeddings of the same records."""
+    def proba(
+        self, embeddings: Mapping[str, np.ndarray], hints: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Probabilities per fitted head, from each field's embeddings of the same records (and the cold start's
+        weighted answers for them, for the heads fitted with those)."""
         return {
-            name: head.proba(self.features(name, len(head.labels), embedding_features(embeddings, head.field)))
+            name: head.proba(self.features(name, len(head.labels), embedding_features(embeddings, head.field), hints))
             for name, head in self.heads.items()
         }
 
@@ -180,6 +200,7 @@ class EmbeddingHeads:
             "weight": self.weight,
             "max_length": MAX_LENGTH,
             "prototype_scale": PROTOTYPE_SCALE,
+            "hinted": sorted(self.hinted),
         }
         write_npz(path, arrays, meta)
 
@@ -194,4 +215,4 @@ class EmbeddingHeads:
                 for j, name in enumerate(heads)
                 if f"p{j}_vectors" in data
             }
-        return cls(heads, float(meta["weight"]), prototypes)
+        return cls(heads, float(meta["weight"]), prototypes, meta.get("hinted", ()))

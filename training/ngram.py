@@ -87,6 +87,15 @@ class NgramFeatures:
         return sparse.hstack(blocks, format="csr")[index]
 
 
+def _with_hints(x: Any, hints: np.ndarray | None) -> Any:
+    """The sparse n-gram matrix, with the cold start's weighted answers as dense columns after it (if any)."""
+    if hints is None:
+        return x
+    from scipy import sparse
+
+    return sparse.hstack([x, sparse.csr_matrix(np.asarray(hints, dtype=np.float64))], format="csr")
+
+
 def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """The distinct texts in first-seen order, and each text's position among them."""
     position: dict[str, int] = {}
@@ -124,17 +133,29 @@ class NgramModel:
     """N-gram heads for the choice dimensions of a model, one feature transform per text field."""
 
     def __init__(
-        self, features: Mapping[str, NgramFeatures], heads: Mapping[str, LinearHead], weight: float = 0.5
+        self,
+        features: Mapping[str, NgramFeatures],
+        heads: Mapping[str, LinearHead],
+        weight: float = 0.5,
+        hinted: Sequence[str] = (),
     ) -> None:
         self.features = dict(features)
         self.heads = dict(heads)
         self.weight = weight  # of the n-gram probabilities in the served blend (training/blend.py)
+        self.hinted = frozenset(hinted)  # heads that also read the cold start's answer (training/prior.py)
 
     @classmethod
     def fit(
-        cls, dimensions: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], weight: float = 0.5
+        cls,
+        dimensions: Sequence[Mapping[str, Any]],
+        rows: Sequence[Mapping[str, Any]],
+        weight: float = 0.5,
+        hints: Mapping[str, np.ndarray] | None = None,
     ) -> NgramModel:
-        """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension."""
+        """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension; `hints`:
+        the cold start's weighted answers per dimension ([rows, labels], ColdStartPrior.features), read beside the
+        n-grams (none: not read)."""
+        hints = hints or {}
         dims = [d for d in dimensions if d["kind"] in ("single", "multi")]
         features: dict[str, NgramFeatures] = {}
         for key in sorted({reading(d["field"], d.get("pair_with")) for d in dims}):
@@ -152,11 +173,12 @@ class NgramModel:
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = matrices[key][have]
+            x = _with_hints(matrices[key][have], hints[dim["name"]][have] if dim["name"] in hints else None)
             answers = [rows[i][dim["name"]] for i in have]
             head = fit_head({**dim, "field": key}, x, answers, C_SINGLE if dim["kind"] == "single" else C_MULTI)
             if head is not None:
                 model.heads[dim["name"]] = head
+        model.hinted = frozenset(name for name in model.heads if name in hints)
         return model
 
     def _matrices(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -167,10 +189,18 @@ class NgramModel:
             out[key] = columns[0] if len(columns) == 1 else ngram_features(*columns)
         return out
 
-    def proba(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """Probabilities per fitted head for task `data` dicts."""
+    def proba(
+        self, records: Sequence[Mapping[str, Any]], hints: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Probabilities per fitted head for task `data` dicts (and the cold start's weighted answers for them, for
+        the heads fitted with those)."""
         matrices = self._matrices(records)
-        return {name: head.proba(matrices[head.field]) for name, head in self.heads.items()}
+        out = {}
+        for name, head in self.heads.items():
+            if name in self.hinted and (hints is None or name not in hints):
+                raise ValueError(f"n-gram head {name!r} reads the cold start's answers, and none were given")
+            out[name] = head.proba(_with_hints(matrices[head.field], hints[name] if name in self.hinted else None))
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write every array to one .npz file (and the head descriptions as JSON inside it)."""
@@ -187,6 +217,7 @@ class NgramModel:
             "heads": heads,
             "n_features": N_FEATURES,
             "weight": self.weight,
+            "hinted": sorted(self.hinted),
         }
         write_npz(path, arrays, meta)
 
@@ -203,7 +234,7 @@ class NgramModel:
                 for i, field in enumerate(meta["fields"])
             }
             heads = heads_from_arrays(meta["heads"], data)
-        return cls(features, heads, float(meta["weight"]))
+        return cls(features, heads, float(meta["weight"]), meta.get("hinted", ()))
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray], meta: Mapping[str, Any]) -> None:

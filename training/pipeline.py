@@ -151,7 +151,7 @@ def run_training(
     timings["steps"] = trained.steps
 
     model, tokenizer, config = trained.model, trained.tokenizer, trained.model.config
-    # the text fields the embedding heads read (none when they are off)
+    # the text fields the embedding heads and the cold start's answers read (none when both are off)
     embed_fields = sorted(
         {
             name
@@ -159,7 +159,7 @@ def run_training(
             if d["kind"] != "spans"
             for name in fields_of(reading(d["field"], d.get("pair_with")))
         }
-        if args.embedding_weight > 0
+        if args.embedding_weight > 0 or args.prior_weight > 0
         else set()
     )
     mark = time.perf_counter()
@@ -181,15 +181,22 @@ def run_training(
     for rows, out in outputs.values():
         for name, vectors in (out.embeddings if out is not None else {}).items():
             embed.keep([str(r.get(name) or "") for r in rows], vectors)
+    prior = None
+    if args.prior_weight > 0:
+        from training.prior import ColdStartPrior
+
+        prior = ColdStartPrior.build(schema, embed, args.prior_weight)
     ngram, embedding_heads = _fit_companions(
-        config.dimensions, schema, list(dataset["train"]), args, embed_fields, embed
+        config.dimensions, schema, list(dataset["train"]), args, embed_fields, embed, prior
     )
     timings["companions_seconds"] = time.perf_counter() - mark
     companion_rows = len(dataset["train"])
 
     mark = time.perf_counter()
-    served = _served(config.dimensions, outputs, temperatures, ngram, embedding_heads)
+    served = _served(config.dimensions, outputs, temperatures, ngram, embedding_heads, prior)
     thresholds = _fit_thresholds(config.dimensions, outputs["validation"][0], served["validation"], args)
+    if prior is not None and thresholds:  # the cold start's answers keep to the tuned thresholds, as when served
+        served = _served(config.dimensions, outputs, temperatures, ngram, embedding_heads, prior, thresholds)
     companions = ngram is not None or embedding_heads is not None
     metrics = _evaluate(config.dimensions, outputs, temperatures, served, thresholds, companions)
     timings["evaluate_seconds"] = time.perf_counter() - mark
@@ -199,7 +206,9 @@ def run_training(
     refit_rows = [*dataset["train"], *dataset["validation"], *dataset["test"]]
     if args.refit_heads and companions and len(refit_rows) > len(dataset["train"]):
         mark = time.perf_counter()
-        ngram, embedding_heads = _fit_companions(config.dimensions, schema, refit_rows, args, embed_fields, embed)
+        ngram, embedding_heads = _fit_companions(
+            config.dimensions, schema, refit_rows, args, embed_fields, embed, prior
+        )
         timings["refit_seconds"] = time.perf_counter() - mark
         companion_rows = len(refit_rows)
 
@@ -234,6 +243,10 @@ def run_training(
             from training.embedding_heads import EMBEDDING_FILE
 
             embedding_heads.save(folder / EMBEDDING_FILE)
+        if prior is not None:
+            from training.prior import PRIOR_FILE
+
+            prior.save(folder / PRIOR_FILE)
         serving = {"runtime": "torch-fp32", "reason": "ONNX export turned off (--no-onnx)"}
         if args.onnx:
             from training.onnx_check import check_onnx_runtime
@@ -321,21 +334,28 @@ def _fit_companions(
     args: TrainingArguments,
     embed_fields: list[str],
     embed: Callable[[Sequence[str]], Any],
+    prior: Any = None,
 ) -> tuple[Any, Any]:
     """The n-gram heads and the embedding heads fitted on `rows` (either None when its weight is 0); `embed` gives
-    the encoder's sentence embeddings."""
+    the encoder's sentence embeddings, `prior` the cold start's answers the embedding heads read (training/prior.py;
+    None: not read)."""
+    embeddings = {name: embed([str(r.get(name) or "") for r in rows]) for name in embed_fields}
+    hints = prior.features(prior.answers(rows, embeddings)) if prior is not None else None
     ngram = None
     if args.ngram_weight > 0:
         from training.ngram import NgramModel
 
-        ngram = NgramModel.fit(dimensions, rows, weight=args.ngram_weight)
+        # single choice only: on the sample dev set's frames the n-gram heads reading the cold start's ticks lost
+        # 0.02-0.05 micro-F1, while on its stance questions they gained (BENCHMARKS.md, issue 15 round 4)
+        single = {d["name"] for d in dimensions if d["kind"] == "single"}
+        ngram_hints = {name: h for name, h in hints.items() if name in single} if hints is not None else None
+        ngram = NgramModel.fit(dimensions, rows, args.ngram_weight, ngram_hints)
     embedding_heads = None
-    if embed_fields:
+    if embed_fields and args.embedding_weight > 0:
         from training.embedding_heads import EmbeddingHeads, label_prototypes
 
-        embeddings = {name: embed([str(r.get(name) or "") for r in rows]) for name in embed_fields}
         embedding_heads = EmbeddingHeads.fit(
-            dimensions, rows, embeddings, args.embedding_weight, label_prototypes(schema, embed)
+            dimensions, rows, embeddings, args.embedding_weight, label_prototypes(schema, embed), hints
         )
     return ngram, embedding_heads
 
@@ -392,17 +412,18 @@ def _served(
     temperatures: dict,
     ngram: Any,
     embedding_heads: Any,
+    prior: Any,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, Any] | None]:
-    """Per split, the served probabilities (calibrated encoder blended with the n-gram and embedding heads), once
-    for both the thresholds and the metrics; None for an empty split."""
+    """Per split, the served probabilities (calibrated encoder blended with the n-gram and embedding heads, and the
+    cold start's answers where they learnt nothing), for the thresholds and the metrics; None for an empty split."""
     from training.predict import served_probabilities
 
-    return {
-        name: None
-        if out is None
-        else served_probabilities(out.probabilities(dimensions, temperatures), out, rows, ngram, embedding_heads)
-        for name, (rows, out) in outputs.items()
-    }
+    def served(rows: list[dict[str, Any]], out: Any) -> dict[str, Any]:
+        encoder = out.probabilities(dimensions, temperatures)
+        return served_probabilities(encoder, out, rows, ngram, embedding_heads, prior, thresholds)
+
+    return {name: None if out is None else served(rows, out) for name, (rows, out) in outputs.items()}
 
 
 def _fit_thresholds(

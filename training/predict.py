@@ -26,6 +26,7 @@ from training.modeling import (
     view_of,
 )
 from training.outputs import ModelOutputs, decode_spans
+from training.prior import PRIOR_FILE, ColdStartPrior
 from training.uncertainty import Kind, task_score
 
 MULTI_THRESHOLD = 0.5
@@ -116,14 +117,35 @@ def served_probabilities(
     records: Sequence[Mapping[str, Any]],
     ngram: Any = None,
     embedding_heads: EmbeddingHeads | None = None,
+    prior: ColdStartPrior | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The encoder's calibrated probabilities blended with the n-gram and embedding heads (training/blend.py)."""
+    """The encoder's calibrated probabilities blended with the n-gram and embedding heads (training/blend.py); the
+    embedding heads read the cold start's answers, which also answer what no companion learnt (training/prior.py;
+    `thresholds`: the multi-choice decision thresholds its answers must keep to)."""
+    answers = prior.answers(records, raw.embeddings) if prior is not None and records else None
+    hints = prior.features(answers) if prior is not None and answers is not None else None
     parts = []
     if ngram is not None and records:
-        parts.append((ngram.weight, ngram.proba(records)))
+        parts.append((ngram.weight, ngram.proba(records, hints)))
     if embedding_heads is not None and records:
-        parts.append((embedding_heads.weight, embedding_heads.proba(raw.embeddings)))
-    return blend(encoder, parts)
+        parts.append((embedding_heads.weight, embedding_heads.proba(raw.embeddings, hints)))
+    probs = blend(encoder, parts)
+    if prior is not None and answers is not None:
+        probs = prior.fill(probs, answers, learnt_labels(ngram, embedding_heads), thresholds)
+    return probs
+
+
+def learnt_labels(*companions: Any) -> dict[str, np.ndarray]:
+    """Per choice dimension some companion (with a weight) has a head for: the labels any of them fitted."""
+    out: dict[str, np.ndarray] = {}
+    for part in companions:
+        if part is None or part.weight <= 0:
+            continue
+        for name, head in part.heads.items():
+            fitted = np.asarray(head.fitted, dtype=bool)
+            out[name] = out[name] | fitted if name in out else fitted
+    return out
 
 
 class TrainedPredictor:
@@ -167,6 +189,8 @@ class TrainedPredictor:
         ngram_path, embedding_path = self.model_dir / NGRAM_FILE, self.model_dir / EMBEDDING_FILE
         self.ngram = NgramModel.load(ngram_path) if ngram_path.exists() else None
         self.embedding_heads = EmbeddingHeads.load(embedding_path) if embedding_path.exists() else None
+        prior_path = self.model_dir / PRIOR_FILE  # models before 2026-12-03 (round 4) have none
+        self.prior = ColdStartPrior.load(prior_path) if prior_path.exists() else None
         self.batch_size = batch_size
         self.views = self._needed_views()
         # what runs the encoder: the runtime the version's check chose ("auto"), unless the caller names one
@@ -197,6 +221,9 @@ class TrainedPredictor:
         companions answer with their whole weight is skipped: the default model (encoder weight 0) runs only the
         passes its span dimensions need, and one with no span dimension none at all."""
         parts = [(part.weight, set(part.heads)) for part in (self.ngram, self.embedding_heads) if part is not None]
+        if self.prior is not None:  # what no companion answers, the cold start does (training/prior.py)
+            answered = {name for _, heads in parts for name in heads}
+            parts.append((1.0, set(self.prior.dimensions) - answered))
         unused = encoder_unused([d["name"] for d in self.dimensions if d["kind"] != "spans"], parts)
         needed = [
             v.id
@@ -213,12 +240,18 @@ class TrainedPredictor:
     def outputs(self, tasks: Sequence[Mapping[str, Any]]) -> ModelOutputs:
         """Raw outputs (logits and decoded spans) for task `data` dicts."""
         with self._lock:  # on the process's one torch thread: one OpenMP team however many request threads call
-            fields = self.embedding_heads.fields if self.embedding_heads is not None else ()
+            fields = self.embedded_fields
             if self._onnx is not None:
                 return self._onnx.run(tasks, self.views, fields)
             return on_torch_thread(
                 run_model, self.model, self.tokenizer, tasks, self.batch_size, embed_fields=fields, views=self.views
             )
+
+    @property
+    def embedded_fields(self) -> list[str]:
+        """The text fields whose sentence embeddings the embedding heads and the cold start's answers read."""
+        heads = self.embedding_heads.fields if self.embedding_heads is not None else []
+        return sorted({*heads, *(self.prior.fields if self.prior is not None else [])})
 
     @property
     def has_companions(self) -> bool:
@@ -228,7 +261,13 @@ class TrainedPredictor:
     def probabilities(self, raw: ModelOutputs, tasks: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """The served probabilities of `raw` (the outputs for `tasks`): calibrated, blended with the companions."""
         return served_probabilities(
-            raw.probabilities(self.dimensions, self.temperatures), raw, tasks, self.ngram, self.embedding_heads
+            raw.probabilities(self.dimensions, self.temperatures),
+            raw,
+            tasks,
+            self.ngram,
+            self.embedding_heads,
+            self.prior,
+            self.thresholds,
         )
 
     def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:

@@ -59,6 +59,9 @@ class TrainingArguments:
     # the encoder's own heads get 1 - ngram_weight - embedding_weight (by default nothing: their choice answers are
     # still reported as "<split>_encoder", and span dimensions always come from the encoder). 0: no embedding heads.
     embedding_weight: float = 0.5
+    # the cold start's answers as features of the embedding and n-gram heads, times this weight, and as the answer
+    # where no companion learnt anything (training/prior.py). 0: neither
+    prior_weight: float = 10.0  # 3 and 10 tried on the sample dev set (BENCHMARKS.md, issue 15 round 4)
     # after scoring, refit the n-gram and embedding heads on every accepted row (train + validation + test) for
     # serving; the metrics stay those of the train-split heads on unseen rows
     refit_heads: bool = True
@@ -99,6 +102,8 @@ class TrainingArguments:
         for name in ("ngram_weight", "embedding_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name.replace('_', '-')} must be between 0 and 1 (got {getattr(self, name)})")
+        if self.prior_weight < 0:
+            problems.append(f"prior-weight must be >= 0 (got {self.prior_weight})")
         if self.ngram_weight + self.embedding_weight > 1.0 + 1e-9:
             problems.append(
                 f"ngram-weight + embedding-weight must be at most 1 (got {self.ngram_weight + self.embedding_weight})"

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from backend.cold_start.onnx_export import ONNX_PRECISIONS, mean_pool, onnx_encoder_file, onnx_session
 from training.encoder import allowed_cpus, configure_threads, length_buckets, on_torch_thread, resolve_encoder_path
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +285,16 @@ def _model_max_length(tokenizer, config) -> int:
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 100_000]
     return min(usable) if usable else 512
+
+
+def served_embedder(settings: Settings) -> SentenceEmbedder:
+    """The encoder the backend serves, as backend.settings.Settings describes it (WORKBENCH_ENCODER, _RUNTIME, ...):
+    the cold start's, and so the instant learner's features, in the backend and in a training job's gate."""
+    return SentenceEmbedder(
+        settings.encoder,
+        threads=settings.threads,
+        cache_size=settings.cache_size,
+        runtime=settings.runtime,
+        precision=settings.encoder_precision,
+        onnx_cache_dir=settings.onnx_cache_dir,
+    )

@@ -139,31 +139,12 @@ class _Hit:
     group: int = 0  # which mention group of the target matched
 
 
-def served_embedder(settings: Any) -> Embedder:
-    """The encoder the backend serves, as backend.settings.Settings describes it (WORKBENCH_ENCODER, _RUNTIME, ...):
-    the cold start's, and so the instant learner's features, in the backend and in a training job's gate."""
-    from backend.cold_start.embedder import SentenceEmbedder
-
-    return SentenceEmbedder(
-        settings.encoder,
-        threads=settings.threads,
-        cache_size=settings.cache_size,
-        runtime=settings.runtime,
-        precision=settings.encoder_precision,
-        onnx_cache_dir=settings.onnx_cache_dir,
-    )
-
-
 class ColdStartPredictor:
     """Pre-annotations from cue evidence, target mentions and label definitions, for any schema (a Predictor)."""
 
     kind = "cold-start"
 
-    def __init__(self, schema: Schema, embedder: Embedder | None = None) -> None:
-        if embedder is None:
-            from backend.cold_start.embedder import SentenceEmbedder
-
-            embedder = SentenceEmbedder()
+    def __init__(self, schema: Schema, embedder: Embedder) -> None:
         self.schema = schema
         self.embedder = embedder
         self.model_version = f"cold-start-{schema.hash}"
@@ -188,13 +169,21 @@ class ColdStartPredictor:
         targets = {dim.target.id: dim.target for dim in self._choice_dims if dim.target is not None}
         self._mentions = {tid: _mention_patterns(t) for tid, t in targets.items() if _mention_groups(t)}
 
-    def predict(self, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        """One Prediction per task `data` dict, in order; all texts of the batch go through one embedder call."""
+    def predict(
+        self, tasks: Sequence[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None = None
+    ) -> list[Prediction]:
+        """One Prediction per task `data` dict, in order; all texts of the batch go through one embedder call.
+
+        `vectors`: the texts' embeddings, computed already (a trained model's own, training/prior.py); the embedder
+        then embeds nothing."""
         rows = [{field: _text_of(task, field) for field in self._fields} for task in tasks]
         choice_fields = {name for dim in self._choice_dims for name in dim.reads}
         wanted = list(dict.fromkeys(t for row in rows for f, t in row.items() if f in choice_fields and t.strip()))
-        vectors = np.asarray(self.embedder.embed(wanted), dtype=np.float32) if wanted else np.zeros((0, 0))
-        vector_of = {text: vectors[i] for i, text in enumerate(wanted)}
+        if vectors is not None:
+            vector_of = {text: np.asarray(vectors[text], dtype=np.float32) for text in wanted}
+        else:
+            embedded = np.asarray(self.embedder.embed(wanted), dtype=np.float32) if wanted else np.zeros((0, 0))
+            vector_of = {text: embedded[i] for i, text in enumerate(wanted)}
         # One matrix-vector product per distinct text (not one matrix product per batch): BLAS picks different
         # kernels for different batch sizes, and a task's scores must not depend on which tasks came with it.
         similarity = {text: self._prototypes @ vector for text, vector in vector_of.items()}
