@@ -181,11 +181,16 @@ def run_training(
     for rows, out in outputs.values():
         for name, vectors in (out.embeddings if out is not None else {}).items():
             embed.keep([str(r.get(name) or "") for r in rows], vectors)
-    prior = None
+    prior, prior_scores = None, None
     if args.prior_weight > 0:
         from training.prior import ColdStartPrior
 
         prior = ColdStartPrior.build(schema, embed, args.prior_weight)
+        train_rows = list(dataset["train"])
+        vectors = {name: embed([str(r.get(name) or "") for r in train_rows]) for name in prior.fields}
+        prior_scores = prior.keep_informative(train_rows, prior.answers(train_rows, vectors))
+        if not prior.dimensions:
+            prior = None
     ngram, embedding_heads = _fit_companions(
         config.dimensions, schema, list(dataset["train"]), args, embed_fields, embed, prior
     )
@@ -276,6 +281,9 @@ def run_training(
             "hyperparameters": args.to_dict(),
             "serving": serving,  # what runs the encoder when served: ONNX int8 if it passed its check, and why
             "chosen": trained.settings,  # what target_encoding "auto" and the CPU epoch budget chose
+            # per choice dimension, the cold start's macro-F1 on the training rows against their most common answer:
+            # its answers are read where it scored higher (training/prior.py)
+            "prior": {"dimensions": sorted(prior.dimensions) if prior else [], "scores": prior_scores},
             "code_revision": code_revision(),
             "source": source,
             "examples": len(accepted.examples),

@@ -13,6 +13,11 @@ trained model does the same, with the same two rules (the instant learner import
   distribution (`answer_distribution`) instead of the encoder's, and so does a multi-choice label that no
   companion fitted (never, or always, ticked) instead of its base rate.
 
+Only where the cold start has shown it knows something: a dimension takes part (`keep_informative`) when the cold
+start's macro-F1 on the training rows beats answering the most common label(s) of those rows. On SemEval-2021 T6
+the cold start ticks a technique on one meme in eight, right one time in eight, and reading its answers cost 1.4
+points of micro-F1; on the sample dev set its cue phrases are worth 0.03-0.08 macro-F1 (BENCHMARKS.md, issue 15).
+
 The cold start reads sentence embeddings: here the trained model's own (the vectors the embedding heads read,
 computed once per text), and the schema's label descriptions and target texts as that encoder embedded them at
 training time. Those and the schema are saved with the model (`prior.npz`), so serving needs neither the schema
@@ -21,6 +26,7 @@ file nor a second encoder.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,11 +89,12 @@ class _Recorder:
 class ColdStartPrior:
     """The cold start of a model's schema, reading the model's own sentence embeddings."""
 
-    def __init__(self, schema: Schema, embedder: _Recorder, weight: float) -> None:
+    def __init__(self, schema: Schema, embedder: _Recorder, weight: float, names: Sequence[str] | None = None) -> None:
         self.schema, self.weight = schema, weight
         self._embedder = embedder
         self._cold_start = ColdStartPredictor(schema, embedder)  # embeds the schema's texts once, here
-        self.dimensions = {dim.name: dim for dim in schema.of_kind("single", "multi")}
+        # the choice dimensions it takes part in (all, until keep_informative)
+        self.dimensions = {d.name: d for d in schema.of_kind("single", "multi") if names is None or d.name in names}
 
     @classmethod
     def build(cls, schema: Schema, embed: Callable[[Sequence[str]], np.ndarray], weight: float) -> ColdStartPrior:
@@ -106,6 +113,24 @@ class ColdStartPrior:
             for record, vector in zip(records, embeddings[name], strict=True):
                 vectors.setdefault(str(record.get(name) or ""), vector)
         return self._cold_start.predict(records, vectors=vectors)
+
+    def keep_informative(self, rows: Sequence[Mapping[str, Any]], answers: Sequence[Prediction]) -> dict[str, Any]:
+        """Keep the dimensions where the cold start's `answers` for labelled `rows` (a column per dimension, None
+        when unanswered) score a higher macro-F1 than the rows' most common answer, and those the rows cannot judge
+        (no label, or one answer only: the most common answer is then right by construction, and the cold start is
+        all that knows of the other labels); what each scored, per dimension (for the manifest)."""
+        from training.evaluation import dimension_score, evaluate_predictions
+
+        report = evaluate_predictions(self.schema, rows, answers)["dimensions"]
+        common = evaluate_predictions(self.schema, rows, [_most_common(self.dimensions, rows)] * len(rows))
+        scores = {}
+        for name in list(self.dimensions):
+            given = {json.dumps(row[name], sort_keys=True) for row in rows if row.get(name) is not None}
+            cold, majority = dimension_score(report[name]), dimension_score(common["dimensions"][name])
+            scores[name] = {"cold_start": cold, "most_common": majority}
+            if len(given) >= 2 and (cold is None or majority is None or cold <= majority):
+                del self.dimensions[name]
+        return scores
 
     def features(self, answers: Sequence[Prediction]) -> dict[str, np.ndarray]:
         """Per choice dimension, [records, labels]: `weight` x the cold start's confidence at what it chose."""
@@ -150,7 +175,12 @@ class ColdStartPrior:
         """Write the schema, the weight and the schema texts' embeddings to one .npz file (no pickle)."""
         texts = list(self._embedder.vectors)
         arrays = {"vectors": np.stack([self._embedder.vectors[t] for t in texts]).astype(np.float32)} if texts else {}
-        meta = {"schema": self.schema.model_dump(mode="json"), "weight": self.weight, "texts": texts}
+        meta = {
+            "schema": self.schema.model_dump(mode="json"),
+            "weight": self.weight,
+            "texts": texts,
+            "dimensions": sorted(self.dimensions),
+        }
         write_npz(path, arrays, meta)
 
     @classmethod
@@ -160,4 +190,20 @@ class ColdStartPrior:
             meta = npz_meta(data)
             vectors = data["vectors"] if meta["texts"] else np.zeros((0, 0), dtype=np.float32)
         known = dict(zip(meta["texts"], vectors, strict=True))
-        return cls(Schema.model_validate(meta["schema"]), _Recorder(None, known), float(meta["weight"]))
+        schema = Schema.model_validate(meta["schema"])
+        return cls(schema, _Recorder(None, known), float(meta["weight"]), meta["dimensions"])
+
+
+def _most_common(dimensions: Mapping[str, Dimension], rows: Sequence[Mapping[str, Any]]) -> Prediction:
+    """The rows' most common answer per dimension: a single choice's commonest label, a multi choice's labels ticked
+    on more than half of its labelled rows."""
+    labels: dict[str, Any] = {}
+    for name, dim in dimensions.items():
+        given = [row[name] for row in rows if row.get(name) is not None]
+        if not given:
+            continue
+        if dim.kind == "single":
+            labels[name] = max(dim.values, key=given.count)
+        else:
+            labels[name] = [v for v in dim.values if 2 * sum(v in answer for answer in given) > len(given)]
+    return Prediction(labels=labels, scores={}, score=0.0)
