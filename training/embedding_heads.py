@@ -16,7 +16,8 @@ to trust or not from the labels (single choice only, see `label_prototypes`). On
 mean macro-F1 of the single-choice questions at 20 / 40 / 80 labels from 0.51 / 0.55 / 0.62 to 0.63 / 0.65 / 0.68
 (a scratch run, BENCHMARKS.md; the cue phrases were tuned on that set, so part of the gain may not carry over). Saved
 as plain arrays in `embedding_heads.npz` (no pickle), the label descriptions' embeddings with them, so serving needs
-no schema.
+no schema. Where the cold start knows something, a head also reads its answer for the text (training/prior.py:
+the instant learner's stacking).
 """
 
 from __future__ import annotations

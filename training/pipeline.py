@@ -345,7 +345,7 @@ def _fit_companions(
     prior: Any = None,
 ) -> tuple[Any, Any]:
     """The n-gram heads and the embedding heads fitted on `rows` (either None when its weight is 0); `embed` gives
-    the encoder's sentence embeddings, `prior` the cold start's answers the embedding heads read (training/prior.py;
+    the encoder's sentence embeddings, `prior` the cold start's answers the heads read (training/prior.py;
     None: not read)."""
     embeddings = {name: embed([str(r.get(name) or "") for r in rows]) for name in embed_fields}
     hints = prior.features(prior.answers(rows, embeddings)) if prior is not None else None

@@ -120,8 +120,8 @@ def served_probabilities(
     prior: ColdStartPrior | None = None,
     thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The encoder's calibrated probabilities blended with the n-gram and embedding heads (training/blend.py); the
-    embedding heads read the cold start's answers, which also answer what no companion learnt (training/prior.py;
+    """The encoder's calibrated probabilities blended with the n-gram and embedding heads (training/blend.py), which
+    read the cold start's answers; those also answer what no companion learnt (training/prior.py;
     `thresholds`: the multi-choice decision thresholds its answers must keep to)."""
     answers = prior.answers(records, raw.embeddings) if prior is not None and records else None
     hints = prior.features(answers) if prior is not None and answers is not None else None

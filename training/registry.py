@@ -3,7 +3,7 @@
 Layout:
   models/registry.json        {"current": version | null, "history": [{"action", "version", "at", ...}, ...]}
   models/<version>/           weights, tokenizer, label_maps.json, calibration.json, thresholds.json (multi-choice
-                              decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions),
+                              decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions), prior.npz,
                               metrics.json, manifest.json, README.md (model card), test.jsonl / validation.jsonl
                               (held-out rows for the gate)
 
