@@ -103,8 +103,9 @@ class ColdStartPrior:
 
     @property
     def fields(self) -> list[str]:
-        """The text fields whose embeddings the cold start reads."""
-        return sorted({name for dim in self.dimensions.values() for name in dim.reads})
+        """The text fields whose embeddings the cold start reads (for every choice dimension: it answers them all,
+        whichever of them the model reads)."""
+        return sorted({name for dim in self.schema.of_kind("single", "multi") for name in dim.reads})
 
     def answers(self, records: Sequence[Mapping[str, Any]], embeddings: Mapping[str, np.ndarray]) -> list[Prediction]:
         """The cold start's answer for each record, from each field's embeddings of the same records."""
