@@ -12,6 +12,7 @@ import pytest
 from annotation_config.regions import Prediction
 from annotation_config.schema import Schema
 from training.cold_start import ColdStartPredictor
+from training.evaluation import prior_scores
 from training.prior import PRIOR_FILE, ColdStartPrior, answer_distribution, answer_features
 
 RECORDS = [
@@ -68,11 +69,17 @@ def test_only_a_cold_start_that_beats_the_most_common_answer_is_read(schema: Sch
     rows = [{"text": r["text"], threat.name: label} for r, label in zip(RECORDS[:4], labels, strict=True)]
     right = [Prediction(labels={threat.name: row[threat.name]}, scores={threat.name: 0.6}, score=0.6) for row in rows]
     wrong = [Prediction(labels={threat.name: "contested"}, scores={threat.name: 0.6}, score=0.6) for _ in rows]
-    assert prior.keep_informative(rows, right)[threat.name]["cold_start"] == 1.0
-    assert threat.name in prior.dimensions
-    scores = prior.keep_informative(rows, wrong)[threat.name]
-    assert scores["cold_start"] < scores["most_common"] and threat.name not in prior.dimensions
-    assert threat.name not in prior.features(wrong)
+    names = list(prior.dimensions)
+    scores = prior_scores(schema, names, rows, right)
+    assert scores[threat.name] == {"cold_start": 1.0, "most_common": scores[threat.name]["most_common"], "judged": True}
+    assert scores["frames"]["judged"] is False  # no frame labelled: nothing to judge the cold start on
+    prior.keep_informative(scores)
+    assert threat.name in prior.dimensions and "frames" in prior.dimensions
+    scores = prior_scores(schema, names, rows, wrong)
+    assert scores[threat.name]["cold_start"] < scores[threat.name]["most_common"]
+    prior.keep_informative(scores)
+    assert threat.name not in prior.dimensions and threat.name not in prior.features(wrong)
+    assert "frames" in prior.dimensions
 
 
 def test_fill_answers_what_nothing_learnt_and_keeps_the_cold_starts_ticks_at_any_threshold(schema: Schema):
@@ -125,7 +132,7 @@ def test_a_trained_model_reads_the_cold_start_and_answers_with_it_where_it_learn
     scores = manifest["prior"]["scores"]
     assert scores["threat_characterization"]["cold_start"] > scores["threat_characterization"]["most_common"]
     assert scores["stance_us_policy"]["cold_start"] <= scores["stance_us_policy"]["most_common"]
-    assert scores["stance_russia_china"] == {"cold_start": None, "most_common": None}  # nothing to judge it on
+    assert scores["stance_russia_china"] == {"cold_start": None, "most_common": None, "judged": False}
     assert set(manifest["prior"]["dimensions"]) == set(predictor.prior.dimensions)
     assert "stance_us_policy" not in predictor.prior.dimensions and "stance_russia_china" in predictor.prior.dimensions
     for companion in (predictor.embedding_heads, predictor.ngram):

@@ -228,6 +228,38 @@ def evaluate_predictions(schema: Any, gold: Sequence[Mapping[str, Any]], predict
     return evaluate_outputs(dimensions, list(gold), probs, spans)
 
 
+def prior_scores(
+    schema: Any, names: Sequence[str], rows: Sequence[Mapping[str, Any]], answers: Sequence[Any]
+) -> dict[str, dict[str, Any]]:
+    """Per dimension in `names`: the macro-F1 of the cold start's `answers` on labelled `rows` (a column per
+    dimension, None when unanswered) and that of always giving the rows' most common answer (a single choice's
+    commonest label, a multi choice's labels ticked on more than half of its rows), and whether the rows can judge
+    the two ("judged": at least two different answers). training/prior.py keeps the cold start where it wins."""
+    from annotation_config.regions import Prediction
+
+    common: dict[str, Any] = {}
+    given: dict[str, list[Any]] = {}
+    for name in names:
+        dim = schema.dimension(name)
+        given[name] = [row[name] for row in rows if row.get(name) is not None]
+        if not given[name]:
+            continue
+        if dim.kind == "single":
+            common[name] = max(dim.values, key=given[name].count)
+        else:
+            common[name] = [v for v in dim.values if 2 * sum(v in answer for answer in given[name]) > len(given[name])]
+    cold = evaluate_predictions(schema, rows, answers)["dimensions"]
+    most = evaluate_predictions(schema, rows, [Prediction(labels=common, scores={}, score=0.0)] * len(rows))
+    return {
+        name: {
+            "cold_start": dimension_score(cold[name]),
+            "most_common": dimension_score(most["dimensions"][name]),
+            "judged": len({json.dumps(answer, sort_keys=True) for answer in given[name]}) >= 2,
+        }
+        for name in names
+    }
+
+
 def dimension_score(metrics: Mapping[str, Any]) -> float | None:
     """One dimension's share of the primary metric: macro-F1 (choices) or partial F1 (spans); None without gold."""
     if not metrics.get("n"):

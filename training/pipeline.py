@@ -183,12 +183,15 @@ def run_training(
             embed.keep([str(r.get(name) or "") for r in rows], vectors)
     prior, prior_scores = None, None
     if args.prior_weight > 0:
+        from training.evaluation import prior_scores as prior_scores_of
         from training.prior import ColdStartPrior
 
         prior = ColdStartPrior.build(schema, embed, args.prior_weight)
         train_rows = list(dataset["train"])
         vectors = {name: embed([str(r.get(name) or "") for r in train_rows]) for name in prior.fields}
-        prior_scores = prior.keep_informative(train_rows, prior.answers(train_rows, vectors))
+        answers = prior.answers(train_rows, vectors)
+        prior_scores = prior_scores_of(schema, list(prior.dimensions), train_rows, answers)
+        prior.keep_informative(prior_scores)
         if not prior.dimensions:
             prior = None
     ngram, embedding_heads = _fit_companions(

@@ -26,7 +26,6 @@ file nor a second encoder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,23 +114,16 @@ class ColdStartPrior:
                 vectors.setdefault(str(record.get(name) or ""), vector)
         return self._cold_start.predict(records, vectors=vectors)
 
-    def keep_informative(self, rows: Sequence[Mapping[str, Any]], answers: Sequence[Prediction]) -> dict[str, Any]:
-        """Keep the dimensions where the cold start's `answers` for labelled `rows` (a column per dimension, None
-        when unanswered) score a higher macro-F1 than the rows' most common answer, and those the rows cannot judge
-        (no label, or one answer only: the most common answer is then right by construction, and the cold start is
-        all that knows of the other labels); what each scored, per dimension (for the manifest)."""
-        from training.evaluation import dimension_score, evaluate_predictions
-
-        report = evaluate_predictions(self.schema, rows, answers)["dimensions"]
-        common = evaluate_predictions(self.schema, rows, [_most_common(self.dimensions, rows)] * len(rows))
-        scores = {}
+    def keep_informative(self, scores: Mapping[str, Mapping[str, Any]]) -> None:
+        """Keep the dimensions where the cold start scored a higher macro-F1 on the training rows than their most
+        common answer, and those the rows cannot judge (`scores` from training.evaluation.prior_scores: "judged" is
+        False without a label, or with one answer only: the most common answer is then right by construction, and
+        the cold start is all that knows of the other labels)."""
         for name in list(self.dimensions):
-            given = {json.dumps(row[name], sort_keys=True) for row in rows if row.get(name) is not None}
-            cold, majority = dimension_score(report[name]), dimension_score(common["dimensions"][name])
-            scores[name] = {"cold_start": cold, "most_common": majority}
-            if len(given) >= 2 and (cold is None or majority is None or cold <= majority):
+            score = scores.get(name) or {}
+            cold, common = score.get("cold_start"), score.get("most_common")
+            if score.get("judged") and (cold is None or common is None or cold <= common):
                 del self.dimensions[name]
-        return scores
 
     def features(self, answers: Sequence[Prediction]) -> dict[str, np.ndarray]:
         """Per choice dimension, [records, labels]: `weight` x the cold start's confidence at what it chose."""
@@ -193,18 +185,3 @@ class ColdStartPrior:
         known = dict(zip(meta["texts"], vectors, strict=True))
         schema = Schema.model_validate(meta["schema"])
         return cls(schema, _Recorder(None, known), float(meta["weight"]), meta["dimensions"])
-
-
-def _most_common(dimensions: Mapping[str, Dimension], rows: Sequence[Mapping[str, Any]]) -> Prediction:
-    """The rows' most common answer per dimension: a single choice's commonest label, a multi choice's labels ticked
-    on more than half of its labelled rows."""
-    labels: dict[str, Any] = {}
-    for name, dim in dimensions.items():
-        given = [row[name] for row in rows if row.get(name) is not None]
-        if not given:
-            continue
-        if dim.kind == "single":
-            labels[name] = max(dim.values, key=given.count)
-        else:
-            labels[name] = [v for v in dim.values if 2 * sum(v in answer for answer in given) > len(given)]
-    return Prediction(labels=labels, scores={}, score=0.0)
