@@ -15,8 +15,8 @@ trained model does the same, with the same two rules (the instant learner import
 
 Only where the cold start has shown it knows something: a dimension takes part (`keep_informative`) when the cold
 start's macro-F1 on the training rows beats answering the most common label(s) of those rows. On SemEval-2021 T6
-the cold start ticks a technique on one meme in eight, right one time in eight, and reading its answers cost 1.4
-points of micro-F1; on the sample dev set its cue phrases are worth 0.03-0.08 macro-F1 (BENCHMARKS.md, issue 15).
+the cold start ticks a technique on one meme in eight, right one time in eight, and reading its answers cost 1.0
+point of micro-F1; on the sample dev set they gain 0.04-0.05 mean macro-F1 (BENCHMARKS.md, issue 15 round 4).
 
 The cold start reads sentence embeddings: here the trained model's own (the vectors the embedding heads read,
 computed once per text), and the schema's label descriptions and target texts as that encoder embedded them at
