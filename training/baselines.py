@@ -14,7 +14,7 @@ blind to the headline could not tell "unrelated" at all.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,15 @@ from training.pairs import embedding_pair, fields_of, ngram_features, reading
 
 def majority(schema: Schema, train: Sequence[Example], test: Sequence[Example], seed: int) -> dict[str, list]:
     """The most common answer per dimension, for every test example."""
+    labels = most_common_answers(schema, [e.labels for e in train])
+    return {"majority": [Prediction(labels=dict(labels)) for _ in test]}
+
+
+def most_common_answers(schema: Schema, labelled: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per choice dimension answered in `labelled` (label dicts, None when unanswered): its most common answer."""
     labels: dict[str, Any] = {}
     for dim in schema.dimensions:
-        answers = [e.labels[dim.name] for e in train if e.labels.get(dim.name) is not None]
+        answers = [row[dim.name] for row in labelled if row.get(dim.name) is not None]
         if not answers or dim.kind == "spans":
             continue
         if dim.kind == "single":
@@ -37,7 +43,7 @@ def majority(schema: Schema, train: Sequence[Example], test: Sequence[Example], 
         else:
             ticked = Counter(v for answer in answers for v in answer)
             labels[dim.name] = [v for v in dim.values if ticked[v] * 2 > len(answers)]
-    return {"majority": [Prediction(labels=dict(labels)) for _ in test]}
+    return labels
 
 
 def ngram_svm(schema: Schema, train: Sequence[Example], test: Sequence[Example], seed: int) -> dict[str, list]:

@@ -236,28 +236,17 @@ def prior_scores(
     commonest label, a multi choice's labels ticked on more than half of its rows), and whether the rows can judge
     the two ("judged": at least two different answers). training/prior.py keeps the cold start where it wins."""
     from annotation_config.regions import Prediction
+    from training.baselines import most_common_answers
 
-    common: dict[str, Any] = {}
-    given: dict[str, list[Any]] = {}
-    for name in names:
-        dim = schema.dimension(name)
-        given[name] = [row[name] for row in rows if row.get(name) is not None]
-        if not given[name]:
-            continue
-        if dim.kind == "single":
-            common[name] = max(dim.values, key=given[name].count)
-        else:
-            common[name] = [v for v in dim.values if 2 * sum(v in answer for answer in given[name]) > len(given[name])]
+    common = Prediction(labels=most_common_answers(schema, rows))
     cold = evaluate_predictions(schema, rows, answers)["dimensions"]
-    most = evaluate_predictions(schema, rows, [Prediction(labels=common, scores={}, score=0.0)] * len(rows))
-    return {
-        name: {
-            "cold_start": dimension_score(cold[name]),
-            "most_common": dimension_score(most["dimensions"][name]),
-            "judged": len({json.dumps(answer, sort_keys=True) for answer in given[name]}) >= 2,
-        }
-        for name in names
-    }
+    most = evaluate_predictions(schema, rows, [common] * len(rows))["dimensions"]
+    out = {}
+    for name in names:
+        given = {json.dumps(row[name], sort_keys=True) for row in rows if row.get(name) is not None}
+        scores = {"cold_start": dimension_score(cold[name]), "most_common": dimension_score(most[name])}
+        out[name] = {**scores, "judged": len(given) >= 2}
+    return out
 
 
 def dimension_score(metrics: Mapping[str, Any]) -> float | None:
