@@ -30,7 +30,17 @@ from typing import Any
 import numpy as np
 
 from annotation_config.schema import Schema
-from training.ngram import MIN_ROWS, LinearHead, fit_head, heads_from_arrays, heads_to_arrays, npz_meta, write_npz
+from training.ngram import (
+    MIN_ROWS,
+    LinearHead,
+    fit_head,
+    heads_from_arrays,
+    heads_to_arrays,
+    npz_meta,
+    served_hints,
+    with_hints,
+    write_npz,
+)
 from training.pairs import embedding_features, fields_of, reading
 
 EMBEDDING_FILE = "embedding_heads.npz"
@@ -137,11 +147,7 @@ class EmbeddingHeads:
         """What head `name` reads: the embeddings, then the scaled label-description similarities if it has any,
         then the cold start's weighted answer (`hints`, ColdStartPrior.features) if it was fitted with it."""
         x = _head_features(self.prototypes.get(name), labels, embeddings)
-        if name not in self.hinted:
-            return x
-        if hints is None or name not in hints:
-            raise ValueError(f"embedding head {name!r} reads the cold start's answers, and none were given")
-        return np.hstack([x, hints[name]])
+        return with_hints(x, served_hints("embedding", name, self.hinted, hints))
 
     @property
     def fields(self) -> list[str]:
@@ -172,8 +178,7 @@ class EmbeddingHeads:
             if len(have) < MIN_ROWS:
                 continue
             x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), vectors[have])
-            if dim["name"] in hints:
-                x = np.hstack([x, hints[dim["name"]][have]])
+            x = with_hints(x, hints[dim["name"]][have] if dim["name"] in hints else None)
             head = fit_head({**dim, "field": key}, x, [rows[i][dim["name"]] for i in have], C_EMBEDDING)
             if head is not None:
                 heads[dim["name"]] = head

@@ -18,7 +18,7 @@ is data, never code).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +87,28 @@ class NgramFeatures:
         return sparse.hstack(blocks, format="csr")[index]
 
 
-def _with_hints(x: Any, hints: np.ndarray | None) -> Any:
-    """The sparse n-gram matrix, with the cold start's weighted answers as dense columns after it (if any)."""
+def with_hints(x: Any, hints: np.ndarray | None) -> Any:
+    """A head's features `x` (dense, or sparse n-grams) with the cold start's weighted answers as columns after
+    them (training/prior.py); `x` itself without hints."""
     if hints is None:
         return x
     from scipy import sparse
 
-    return sparse.hstack([x, sparse.csr_matrix(np.asarray(hints, dtype=np.float64))], format="csr")
+    if sparse.issparse(x):
+        return sparse.hstack([x, sparse.csr_matrix(np.asarray(hints, dtype=np.float64))], format="csr")
+    return np.hstack([x, hints])
+
+
+def served_hints(
+    companion: str, name: str, hinted: Collection[str], hints: Mapping[str, np.ndarray] | None
+) -> np.ndarray | None:
+    """What head `name` of `companion` reads of the cold start's answers when it predicts: nothing if it was fitted
+    without them (not in `hinted`); an error if it was fitted with them and `hints` lacks them."""
+    if name not in hinted:
+        return None
+    if hints is None or name not in hints:
+        raise ValueError(f"{companion} head {name!r} reads the cold start's answers, and none were given")
+    return hints[name]
 
 
 def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -173,7 +188,7 @@ class NgramModel:
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = _with_hints(matrices[key][have], hints[dim["name"]][have] if dim["name"] in hints else None)
+            x = with_hints(matrices[key][have], hints[dim["name"]][have] if dim["name"] in hints else None)
             answers = [rows[i][dim["name"]] for i in have]
             head = fit_head({**dim, "field": key}, x, answers, C_SINGLE if dim["kind"] == "single" else C_MULTI)
             if head is not None:
@@ -195,12 +210,10 @@ class NgramModel:
         """Probabilities per fitted head for task `data` dicts (and the cold start's weighted answers for them, for
         the heads fitted with those)."""
         matrices = self._matrices(records)
-        out = {}
-        for name, head in self.heads.items():
-            if name in self.hinted and (hints is None or name not in hints):
-                raise ValueError(f"n-gram head {name!r} reads the cold start's answers, and none were given")
-            out[name] = head.proba(_with_hints(matrices[head.field], hints[name] if name in self.hinted else None))
-        return out
+        return {
+            name: head.proba(with_hints(matrices[head.field], served_hints("n-gram", name, self.hinted, hints)))
+            for name, head in self.heads.items()
+        }
 
     def save(self, path: str | Path) -> None:
         """Write every array to one .npz file (and the head descriptions as JSON inside it)."""
