@@ -12,7 +12,7 @@ import pytest
 from annotation_config.regions import Prediction
 from annotation_config.schema import Schema
 from training.cold_start import ColdStartPredictor
-from training.evaluation import prior_scores
+from training.evaluation import PRIOR_JUDGE_MIN_OTHERS, prior_scores
 from training.prior import PRIOR_FILE, ColdStartPrior, answer_distribution, answer_features
 
 RECORDS = [
@@ -65,8 +65,8 @@ def test_the_prior_answers_as_the_cold_start_from_the_vectors_saved_with_the_mod
 def test_only_a_cold_start_that_beats_the_most_common_answer_is_read(schema: Schema, cold_start_predictor):
     prior = ColdStartPrior.build(schema, cold_start_predictor.embedder.embed, weight=10.0)
     threat = schema.dimension("threat_characterization")
-    labels = ["manufactured", "genuine"] * 2
-    rows = [{"text": r["text"], threat.name: label} for r, label in zip(RECORDS[:4], labels, strict=True)]
+    labels = ["manufactured"] * 6 + ["genuine"] * PRIOR_JUDGE_MIN_OTHERS
+    rows = [{"text": RECORDS[i % 4]["text"], threat.name: label} for i, label in enumerate(labels)]
     right = [Prediction(labels={threat.name: row[threat.name]}, scores={threat.name: 0.6}, score=0.6) for row in rows]
     wrong = [Prediction(labels={threat.name: "contested"}, scores={threat.name: 0.6}, score=0.6) for _ in rows]
     names = list(prior.dimensions)
@@ -75,11 +75,37 @@ def test_only_a_cold_start_that_beats_the_most_common_answer_is_read(schema: Sch
     assert scores["frames"]["judged"] is False  # no frame labelled: nothing to judge the cold start on
     prior.keep_informative(scores)
     assert threat.name in prior.dimensions and "frames" in prior.dimensions
+    # one rare answer fewer: too few rows answered otherwise than the most common answer to judge; it stays
+    scores = prior_scores(schema, names, rows[:-1], wrong[:-1])
+    assert scores[threat.name]["cold_start"] < scores[threat.name]["most_common"]
+    assert scores[threat.name]["judged"] is False
+    prior.keep_informative(scores)
+    assert threat.name in prior.dimensions
     scores = prior_scores(schema, names, rows, wrong)
     assert scores[threat.name]["cold_start"] < scores[threat.name]["most_common"]
     prior.keep_informative(scores)
     assert threat.name not in prior.dimensions and threat.name not in prior.features(wrong)
     assert "frames" in prior.dimensions
+
+
+def test_a_multi_choice_label_reads_only_the_cold_starts_answer_on_that_label():
+    from training.ngram import fit_head, with_hints
+
+    rng = np.random.default_rng(0)
+    n, labels = 40, ["a", "b", "c"]
+    x = rng.normal(size=(n, 5))
+    ticks = rng.random((n, 3)) < 0.4
+    ticks[0], ticks[1] = True, False  # every label both ticked and unticked
+    answers = [[v for v, on in zip(labels, row, strict=True) if on] for row in ticks]
+    hints = 10.0 * ticks * 0.7  # a cold start that is always right, at confidence 0.7
+    dim = {"name": "frames", "kind": "multi", "field": "text", "labels": labels}
+    head = fit_head(dim, with_hints(x, hints), answers, 3.0, hinted=True)
+    assert head is not None
+    hint_weights = head.coef[:, -3:]
+    assert np.all(np.diag(hint_weights) > 0)  # each label trusts its own hint ...
+    assert not hint_weights[~np.eye(3, dtype=bool)].any()  # ... and never reads another label's
+    plain = fit_head(dim, with_hints(x, hints), answers, 3.0)  # without the flag every column is a plain feature
+    assert plain is not None and plain.coef[:, -3:][~np.eye(3, dtype=bool)].any()
 
 
 def test_fill_answers_what_nothing_learnt_and_keeps_the_cold_starts_ticks_at_any_threshold(schema: Schema):
@@ -122,7 +148,7 @@ def test_a_trained_model_reads_the_cold_start_and_answers_with_it_where_it_learn
     from training.predict import TrainedPredictor
 
     args = replace(TINY, epochs=0, probe_epochs=2, onnx=False)
-    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, source="synthetic")
+    outcome = run_training(synthetic_export(32), schema, tmp_path / "models", args, source="synthetic")
     assert (outcome.model_dir / PRIOR_FILE).exists()
     predictor = TrainedPredictor(outcome.model_dir)
     assert predictor.prior is not None and predictor.embedding_heads is not None

@@ -285,6 +285,9 @@ def test_a_trained_model_decides_multi_choice_at_its_tuned_threshold(schema: Sch
         synthetic_export(24), schema, tmp_path / "off", replace(TINY, tune_thresholds=False), source="synthetic"
     )
     assert not (off.model_dir / THRESHOLDS_FILE).exists()
+    manifest = json.loads((outcome.model_dir / "manifest.json").read_text())
+    few = replace(TINY, threshold_min_examples=manifest["splits"]["validation"] + 1)  # one row short of tuning
+    assert not (run_training(synthetic_export(24), schema, tmp_path / "few", few).model_dir / THRESHOLDS_FILE).exists()
 
 
 def test_embedding_heads_read_the_similarity_to_each_label_description(schema: Schema, tmp_path):

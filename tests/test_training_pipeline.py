@@ -22,8 +22,17 @@ PARAGRAPHS = [
     ("Kyiv insists the threat is real while Moscow denies any plans.", "contested", "none", "Kyiv"),
     ("China and Russia signed a trade deal on energy supplies.", "not_applicable", "none", "China"),
 ]
-# calibration_min_examples=1: calibrate even on a two-row validation split, to exercise that path
-TINY = TrainingArguments(epochs=2, max_length=64, batch_size=8, progress=False, seed=3, calibration_min_examples=1)
+# calibration_min_examples=1 and threshold_min_examples=1: calibrate and tune thresholds even on a two-row validation
+# split, to exercise those paths
+TINY = TrainingArguments(
+    epochs=2,
+    max_length=64,
+    batch_size=8,
+    progress=False,
+    seed=3,
+    calibration_min_examples=1,
+    threshold_min_examples=1,
+)
 
 
 def choice(dim: str, *values: str) -> dict:

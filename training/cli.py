@@ -446,6 +446,10 @@ def train(
             help="Per multi-choice dimension, the decision threshold that maximises validation micro-F1 (else 0.5).",
         ),
     ] = None,
+    threshold_min_examples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Labelled validation rows a dimension needs to tune its threshold (fewer: 0.5)."),
+    ] = None,
     refit_heads: Annotated[
         bool | None,
         typer.Option(
@@ -500,6 +504,7 @@ def train(
         "embedding_weight": embedding_weight,
         "prior_weight": prior_weight,
         "tune_thresholds": tune_thresholds,
+        "threshold_min_examples": threshold_min_examples,
         "refit_heads": refit_heads,
         "onnx": onnx,
         "group_by_length": group_by_length,

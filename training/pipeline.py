@@ -444,7 +444,7 @@ def _fit_thresholds(
     args: TrainingArguments,
 ) -> dict[str, float]:
     """Per multi-choice dimension, the decision threshold of the served probabilities that maximises micro-F1 on the
-    validation rows labelled for it (when there are enough: `calibration_min_examples`)."""
+    validation rows labelled for it (when there are enough: `threshold_min_examples`)."""
     from training.calibration import fit_threshold
 
     multi = [d for d in dimensions if d["kind"] == "multi"]
@@ -453,7 +453,7 @@ def _fit_thresholds(
     thresholds = {}
     for dim in multi:
         have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
-        if len(have) < max(1, args.calibration_min_examples):
+        if len(have) < max(1, args.threshold_min_examples):
             continue
         labels = [[v in rows[i][dim["name"]] for v in dim["labels"]] for i in have]
         thresholds[dim["name"]] = fit_threshold(served[dim["name"]][have], labels)

@@ -8,13 +8,15 @@ trained model does the same, with the same two rules (the instant learner import
 
 - features: each choice dimension's embedding head (and a single-choice dimension's n-gram head) reads, beside the
   text's embedding (or n-grams), the cold start's confidence at the label(s) it chose (`answer_features`), times
-  `weight` (TrainingArguments.prior_weight);
+  `weight` (TrainingArguments.prior_weight); a multi-choice label's head reads only the cold start's answer on
+  that label (training.ngram.fit_head);
 - fallback: a choice dimension that no companion head could fit (a single class so far) answers the cold start's
   distribution (`answer_distribution`) instead of the encoder's, and so does a multi-choice label that no
   companion fitted (never, or always, ticked) instead of its base rate.
 
 Only where the cold start has shown it knows something: a dimension takes part (`keep_informative`) when the cold
-start's macro-F1 on the training rows beats answering the most common label(s) of those rows. On SemEval-2021 T6
+start's macro-F1 on the training rows beats answering the most common label(s) of those rows, or when too few of
+those rows have another answer to tell (training.evaluation.PRIOR_JUDGE_MIN_OTHERS). On SemEval-2021 T6
 the cold start ticks a technique on one meme in eight, right one time in eight, and reading its answers cost 1.0
 point of micro-F1; on the sample dev set they gain 0.04-0.05 mean macro-F1 (BENCHMARKS.md, issue 15 round 4).
 
@@ -117,8 +119,8 @@ class ColdStartPrior:
     def keep_informative(self, scores: Mapping[str, Mapping[str, Any]]) -> None:
         """Keep the dimensions where the cold start scored a higher macro-F1 on the training rows than their most
         common answer, and those the rows cannot judge (`scores` from training.evaluation.prior_scores: "judged" is
-        False without a label, or with one answer only: the most common answer is then right by construction, and
-        the cold start is all that knows of the other labels)."""
+        False when fewer than a few rows have another answer than the most common one: that answer is then right
+        almost by construction, and the cold start is all that knows of the other labels)."""
         for name in list(self.dimensions):
             score = scores.get(name) or {}
             cold, common = score.get("cold_start"), score.get("most_common")

@@ -39,6 +39,10 @@ class TrainingArguments:
     # per multi-choice head, the decision threshold that maximises validation micro-F1 (with as many labelled
     # validation rows as calibration needs; else 0.5)
     tune_thresholds: bool = True
+    # ... with at least this many labelled validation rows (fewer: 0.5). On the sample dev set at 80 labels one
+    # article's 23 validation rows chose 0.65 and cost 0.035-0.06 frames micro-F1; SemEval-2021 T6's 75 rows gain
+    # 1.4 points (BENCHMARKS.md, issue 15 round 5)
+    threshold_min_examples: int = 50
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu" or "cuda" (pick a GPU: CUDA_VISIBLE_DEVICES)
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA that supports it), "no", "bf16", "fp16"
     threads: int | None = None  # CPU intra-op threads (default: all CPUs this process may use)
@@ -96,7 +100,7 @@ class TrainingArguments:
         if self.target_encoding not in TARGET_ENCODING_CHOICES:
             choices = ", ".join(TARGET_ENCODING_CHOICES)
             problems.append(f"target-encoding must be one of {choices} (got {self.target_encoding!r})")
-        for name in ("probe_epochs", "cpu_budget_tokens"):
+        for name in ("probe_epochs", "cpu_budget_tokens", "threshold_min_examples"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         for name in ("ngram_weight", "embedding_weight"):
