@@ -89,7 +89,7 @@ def test_only_a_cold_start_that_beats_the_most_common_answer_is_read(schema: Sch
 
 
 def test_a_multi_choice_label_reads_only_the_cold_starts_answer_on_that_label():
-    from training.ngram import fit_head, with_hints
+    from training.ngram import fit_head
 
     rng = np.random.default_rng(0)
     n, labels = 40, ["a", "b", "c"]
@@ -99,12 +99,12 @@ def test_a_multi_choice_label_reads_only_the_cold_starts_answer_on_that_label():
     answers = [[v for v, on in zip(labels, row, strict=True) if on] for row in ticks]
     hints = 10.0 * ticks * 0.7  # a cold start that is always right, at confidence 0.7
     dim = {"name": "frames", "kind": "multi", "field": "text", "labels": labels}
-    head = fit_head(dim, with_hints(x, hints), answers, 3.0, hinted=True)
+    head = fit_head(dim, x, answers, 3.0, hints)
     assert head is not None
     hint_weights = head.coef[:, -3:]
     assert np.all(np.diag(hint_weights) > 0)  # each label trusts its own hint ...
     assert not hint_weights[~np.eye(3, dtype=bool)].any()  # ... and never reads another label's
-    plain = fit_head(dim, with_hints(x, hints), answers, 3.0)  # without the flag every column is a plain feature
+    plain = fit_head(dim, np.hstack([x, hints]), answers, 3.0)  # hints as plain features: every label reads all
     assert plain is not None and plain.coef[:, -3:][~np.eye(3, dtype=bool)].any()
 
 

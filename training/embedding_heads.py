@@ -178,9 +178,9 @@ class EmbeddingHeads:
             if len(have) < MIN_ROWS:
                 continue
             x = _head_features(prototypes.get(dim["name"]), len(dim["labels"]), vectors[have])
-            x = with_hints(x, hints[dim["name"]][have] if dim["name"] in hints else None)
             answers = [rows[i][dim["name"]] for i in have]
-            head = fit_head({**dim, "field": key}, x, answers, C_EMBEDDING, hinted=dim["name"] in hints)
+            hinted = hints[dim["name"]][have] if dim["name"] in hints else None
+            head = fit_head({**dim, "field": key}, x, answers, C_EMBEDDING, hinted)
             if head is not None:
                 heads[dim["name"]] = head
         return cls(heads, weight, prototypes, [name for name in heads if name in hints])

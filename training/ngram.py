@@ -188,10 +188,10 @@ class NgramModel:
             have = [i for i, row in enumerate(rows) if row.get(dim["name"]) is not None]
             if len(have) < MIN_ROWS:
                 continue
-            x = with_hints(matrices[key][have], hints[dim["name"]][have] if dim["name"] in hints else None)
             answers = [rows[i][dim["name"]] for i in have]
             c = C_SINGLE if dim["kind"] == "single" else C_MULTI
-            head = fit_head({**dim, "field": key}, x, answers, c, hinted=dim["name"] in hints)
+            hinted = hints[dim["name"]][have] if dim["name"] in hints else None
+            head = fit_head({**dim, "field": key}, matrices[key][have], answers, c, hinted)
             if head is not None:
                 model.heads[dim["name"]] = head
         model.hinted = frozenset(name for name in model.heads if name in hints)
@@ -292,18 +292,20 @@ def heads_from_arrays(described: Sequence[Mapping[str, Any]], data: Mapping[str,
 
 
 def fit_head(
-    dim: Mapping[str, Any], x: Any, answers: Sequence[Any], c: float, hinted: bool = False
+    dim: Mapping[str, Any], x: Any, answers: Sequence[Any], c: float, hints: np.ndarray | None = None
 ) -> LinearHead | None:
     """A class-balanced logistic head of a choice dimension on features `x` (one row per answer); None when nothing
     can be learnt (a single choice with one class seen, a multi choice with no label both ticked and unticked).
 
-    `hinted`: the last columns of `x` are the cold start's answers, one per label (`with_hints`). A multi-choice
-    label then reads only its own: on the sample dev set's frames, each label reading all 14 cost 0.05 micro-F1
-    at 20-80 labels (0.705 / 0.759 / 0.771 against 0.755 / 0.792 / 0.817; BENCHMARKS.md, issue 15 round 5), as
-    a label learnt from ten ticks would otherwise lean on the cold start's other labels."""
+    `hints`: the cold start's weighted answers for the same rows, one column per label, read after `x`
+    (`with_hints`, as when served). A multi-choice label reads only its own: on the sample dev set's frames, each
+    label reading all 14 cost 0.05 micro-F1 at 20-80 labels (0.705 / 0.759 / 0.771 against 0.755 / 0.792 / 0.817;
+    BENCHMARKS.md, issue 15 round 5), as a label learnt from ten ticks would otherwise lean on the cold start's
+    other labels."""
+    features = with_hints(x, hints)
     if dim["kind"] == "single":
-        return _fit_single(dim, x, answers, c)
-    return _fit_multi(dim, x, answers, c, len(dim["labels"]) if hinted else 0)
+        return _fit_single(dim, features, answers, c)
+    return _fit_multi(dim, features, answers, c, 0 if hints is None else hints.shape[1])
 
 
 def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str], c: float) -> LinearHead | None:

@@ -357,7 +357,8 @@ def _fit_companions(
         from training.ngram import NgramModel
 
         # single choice only: on the sample dev set's frames the n-gram heads reading the cold start's ticks lost
-        # 0.02-0.05 micro-F1, while on its stance questions they gained (BENCHMARKS.md, issue 15 round 4)
+        # 0.02-0.05 micro-F1 (0.02-0.03 reading only their own label's), while on its stance questions they gained
+        # (BENCHMARKS.md, issue 15 rounds 4 and 5)
         single = {d["name"] for d in dimensions if d["kind"] == "single"}
         ngram_hints = {name: h for name, h in hints.items() if name in single} if hints is not None else None
         ngram = NgramModel.fit(dimensions, rows, args.ngram_weight, ngram_hints)
