@@ -75,6 +75,28 @@ def test_the_blend_weighs_the_heads_and_leaves_other_dimensions_alone():
     assert blend(encoder, [(0.5, {"other": np.array([[0.0, 1.0]])})])["other"].tolist() == [[0.5, 0.5]]
 
 
+def test_a_multi_choice_label_needs_min_ticks_for_an_ngram_head_of_its_own():
+    rows = [{**r, "frames": ["economy"]} if r["text"].startswith("officials") else r for r in ROWS]  # security: 2
+    assert NgramModel.fit([MULTI], rows).heads["frames"].fitted.tolist() == [True, True, False]
+    assert NgramModel.fit([MULTI], rows, min_ticks=3).heads["frames"].fitted.tolist() == [True, False, False]
+    assert "frames" not in NgramModel.fit([MULTI], rows, min_ticks=4).heads  # no label ticked 4 times
+
+
+def test_a_companion_leaves_its_share_of_a_label_it_did_not_learn_to_those_that_did():
+    encoder = {"frames": np.array([[0.1, 0.1, 0.1]]), "stance": np.array([[0.2, 0.3, 0.5]])}
+    ngram = {"frames": np.array([[0.2, 0.3, 0.05]]), "stance": np.array([[1.0, 0.0, 0.0]])}
+    embedding = {"frames": np.array([[0.6, 0.9, 0.7]])}
+    learnt = [{"frames": np.array([True, False, False])}, {"frames": np.array([True, True, False])}]
+    mixed = blend(encoder, [(0.25, ngram), (0.5, embedding)], learnt)
+    # label 0: both learnt it; label 1: the embedding heads take the n-gram share; label 2: no one did, unchanged
+    expected = 0.25 * 0.1 + np.array([0.25 * 0.2 + 0.5 * 0.6, 0.75 * 0.9, 0.25 * 0.05 + 0.5 * 0.7])
+    np.testing.assert_allclose(mixed["frames"][0], expected)
+    np.testing.assert_allclose(mixed["stance"], 0.75 * encoder["stance"] + 0.25 * ngram["stance"])  # no mask
+    np.testing.assert_allclose(
+        blend(encoder, [(0.25, ngram), (0.5, embedding)])["frames"][0][1], 0.25 * 0.1 + 0.25 * 0.3 + 0.5 * 0.9
+    )
+
+
 def test_embedding_heads_learn_from_embeddings_and_survive_a_save_and_load(tmp_path):
     rng = np.random.default_rng(0)
     centres = {"favor": rng.normal(size=8), "against": rng.normal(size=8), "none": rng.normal(size=8)}
@@ -103,11 +125,14 @@ def test_weights_of_the_companions_are_checked():
 def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: Schema, tmp_path):
     from dataclasses import replace
 
-    from tests.test_training_pipeline import TINY, synthetic_export
+    from tests.test_training_pipeline import TINY, choice, synthetic_export
     from training.pipeline import run_training
 
     args = replace(TINY, ngram_weight=0.3, embedding_weight=0.4)
-    outcome = run_training(synthetic_export(16), schema, tmp_path / "models", args, source="synthetic")
+    export = synthetic_export(16)
+    for task in export[:16:5]:  # Economic on 4 rows: below ngram_min_ticks (5), and Security_and_defense on 8
+        task["annotations"][0]["result"].append(choice("frames", "Economic"))
+    outcome = run_training(export, schema, tmp_path / "models", args, source="synthetic")
     assert (outcome.model_dir / NGRAM_FILE).exists() and (outcome.model_dir / EMBEDDING_FILE).exists()
     assert "test_encoder" in outcome.metrics and "primary" in outcome.metrics["test_encoder"]
     predictor = TrainedPredictor(outcome.model_dir, runtime="torch-fp32")  # compared with torch's encoder below
@@ -130,6 +155,26 @@ def test_a_trained_model_serves_the_blend_and_reports_its_encoder_alone(schema: 
     )
     np.testing.assert_allclose(served[name], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(served[name], alone[name])
+    # frames: a label ticked too rarely for an n-gram head of its own is the embedding heads' alone, at both shares
+    ngram_frames = predictor.ngram.heads["frames"]
+    embedding_frames = predictor.embedding_heads.heads["frames"]
+    handed_on = embedding_frames.fitted & ~ngram_frames.fitted
+    both = embedding_frames.fitted & ngram_frames.fitted
+    assert handed_on.any() and both.any()
+    frames_ngram = predictor.ngram.proba(records, hints)["frames"]
+    frames_embedding = predictor.embedding_heads.proba({"text": embedding}, hints)["frames"]
+    np.testing.assert_allclose(
+        served["frames"][:, handed_on],
+        0.3 * alone["frames"][:, handed_on] + 0.7 * frames_embedding[:, handed_on],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        served["frames"][:, both],
+        0.3 * alone["frames"][:, both] + 0.3 * frames_ngram[:, both] + 0.4 * frames_embedding[:, both],
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def _examples(schema: Schema, n: int = 24) -> list[Example]:

@@ -422,6 +422,14 @@ def train(
             min=0.0, max=1.0, help="Weight of the n-gram heads in the served probabilities (0: the encoder alone)."
         ),
     ] = None,
+    ngram_min_ticks: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Ticked rows a multi-choice label needs for an n-gram head of its own (fewer: the embedding heads "
+            "answer it).",
+        ),
+    ] = None,
     embedding_weight: Annotated[
         float | None,
         typer.Option(
@@ -501,6 +509,7 @@ def train(
         "probe_epochs": probe_epochs,
         "cpu_budget_tokens": cpu_budget_tokens,
         "ngram_weight": ngram_weight,
+        "ngram_min_ticks": ngram_min_ticks,
         "embedding_weight": embedding_weight,
         "prior_weight": prior_weight,
         "tune_thresholds": tune_thresholds,

@@ -166,10 +166,11 @@ class NgramModel:
         rows: Sequence[Mapping[str, Any]],
         weight: float = 0.5,
         hints: Mapping[str, np.ndarray] | None = None,
+        min_ticks: int = 1,
     ) -> NgramModel:
         """Fit on dataset rows (a column per dimension, None when unanswered) for every choice dimension; `hints`:
         the cold start's weighted answers per dimension ([rows, labels], ColdStartPrior.features), read beside the
-        n-grams (none: not read)."""
+        n-grams (none: not read); `min_ticks`: the ticked rows a multi-choice label needs for a head of its own."""
         hints = hints or {}
         dims = [d for d in dimensions if d["kind"] in ("single", "multi")]
         features: dict[str, NgramFeatures] = {}
@@ -191,7 +192,7 @@ class NgramModel:
             answers = [rows[i][dim["name"]] for i in have]
             c = C_SINGLE if dim["kind"] == "single" else C_MULTI
             hinted = hints[dim["name"]][have] if dim["name"] in hints else None
-            head = fit_head({**dim, "field": key}, matrices[key][have], answers, c, hinted)
+            head = fit_head({**dim, "field": key}, matrices[key][have], answers, c, hinted, min_ticks)
             if head is not None:
                 model.heads[dim["name"]] = head
         model.hinted = frozenset(name for name in model.heads if name in hints)
@@ -292,10 +293,16 @@ def heads_from_arrays(described: Sequence[Mapping[str, Any]], data: Mapping[str,
 
 
 def fit_head(
-    dim: Mapping[str, Any], x: Any, answers: Sequence[Any], c: float, hints: np.ndarray | None = None
+    dim: Mapping[str, Any],
+    x: Any,
+    answers: Sequence[Any],
+    c: float,
+    hints: np.ndarray | None = None,
+    min_ticks: int = 1,
 ) -> LinearHead | None:
     """A class-balanced logistic head of a choice dimension on features `x` (one row per answer); None when nothing
-    can be learnt (a single choice with one class seen, a multi choice with no label both ticked and unticked).
+    can be learnt (a single choice with one class seen, a multi choice with no label both ticked at least
+    `min_ticks` times and unticked).
 
     `hints`: the cold start's weighted answers for the same rows, one column per label, read after `x`
     (`with_hints`, as when served). A multi-choice label reads only its own: on the sample dev set's frames, each
@@ -305,7 +312,7 @@ def fit_head(
     features = with_hints(x, hints)
     if dim["kind"] == "single":
         return _fit_single(dim, features, answers, c)
-    return _fit_multi(dim, features, answers, c, 0 if hints is None else hints.shape[1])
+    return _fit_multi(dim, features, answers, c, 0 if hints is None else hints.shape[1], min_ticks)
 
 
 def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str], c: float) -> LinearHead | None:
@@ -329,7 +336,7 @@ def _fit_single(dim: Mapping[str, Any], x: Any, answers: Sequence[str], c: float
 
 
 def _fit_multi(
-    dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]], c: float, hints: int = 0
+    dim: Mapping[str, Any], x: Any, answers: Sequence[Sequence[str]], c: float, hints: int = 0, min_ticks: int = 1
 ) -> LinearHead | None:
     """One binary head per label; with `hints` (the last that many columns, one per label), label j reads the
     columns before them and hint column j: the others keep a zero weight."""
@@ -342,7 +349,7 @@ def _fit_multi(
     fitted = np.zeros(len(labels), dtype=bool)
     base = x.shape[1] - hints
     for j in range(len(labels)):
-        if 0 < y[:, j].sum() < len(y):
+        if max(1, min_ticks) <= y[:, j].sum() < len(y):
             columns = np.r_[0:base, base + j] if hints else np.arange(x.shape[1])
             model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x[:, columns], y[:, j])
             coef[j, columns], intercept[j], fitted[j] = model.coef_[0], model.intercept_[0], True

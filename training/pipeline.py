@@ -361,7 +361,7 @@ def _fit_companions(
         # (BENCHMARKS.md, issue 15 rounds 4 and 5)
         single = {d["name"] for d in dimensions if d["kind"] == "single"}
         ngram_hints = {name: h for name, h in hints.items() if name in single} if hints is not None else None
-        ngram = NgramModel.fit(dimensions, rows, args.ngram_weight, ngram_hints)
+        ngram = NgramModel.fit(dimensions, rows, args.ngram_weight, ngram_hints, args.ngram_min_ticks)
     embedding_heads = None
     if embed_fields and args.embedding_weight > 0:
         from training.embedding_heads import EmbeddingHeads, label_prototypes

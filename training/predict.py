@@ -125,15 +125,22 @@ def served_probabilities(
     `thresholds`: the multi-choice decision thresholds its answers must keep to)."""
     answers = prior.answers(records, raw.embeddings) if prior is not None and records else None
     hints = prior.features(answers) if prior is not None and answers is not None else None
-    parts = []
+    parts, learnt = [], []
     if ngram is not None and records:
         parts.append((ngram.weight, ngram.proba(records, hints)))
+        learnt.append(multi_learnt(ngram))
     if embedding_heads is not None and records:
         parts.append((embedding_heads.weight, embedding_heads.proba(raw.embeddings, hints)))
-    probs = blend(encoder, parts)
+        learnt.append(multi_learnt(embedding_heads))
+    probs = blend(encoder, parts, learnt)
     if prior is not None and answers is not None:
         probs = prior.fill(probs, answers, learnt_labels(ngram, embedding_heads), thresholds)
     return probs
+
+
+def multi_learnt(companion: Any) -> dict[str, np.ndarray]:
+    """Per multi-choice head of a companion: the labels it learnt (the blend hands the others' share on)."""
+    return {name: np.asarray(head.fitted, dtype=bool) for name, head in companion.heads.items() if head.kind == "multi"}
 
 
 def learnt_labels(*companions: Any) -> dict[str, np.ndarray]:

@@ -59,6 +59,11 @@ class TrainingArguments:
     # The served probabilities per choice dimension: (1 - w) x the encoder's + w x an n-gram logistic head's, both
     # fitted on the training rows (training/ngram.py). 0: the encoder alone.
     ngram_weight: float = 0.5
+    # A multi-choice label's n-gram head needs this many ticked training rows; below it the embedding heads (which
+    # read the cold start's answer) take that label's whole share. On the sample dev set at 20 / 40 labels the
+    # n-gram heads of frames ticked 1-4 times damped right ticks: frames micro-F1 0.756 / 0.792 with 1, 0.775 /
+    # 0.801 with 5 (BENCHMARKS.md, issue 15 round 6)
+    ngram_min_ticks: int = 5
     # ... and + w x a logistic head's on the encoder's sentence embedding of the text (training/embedding_heads.py);
     # the encoder's own heads get 1 - ngram_weight - embedding_weight (by default nothing: their choice answers are
     # still reported as "<split>_encoder", and span dimensions always come from the encoder). 0: no embedding heads.
@@ -100,7 +105,7 @@ class TrainingArguments:
         if self.target_encoding not in TARGET_ENCODING_CHOICES:
             choices = ", ".join(TARGET_ENCODING_CHOICES)
             problems.append(f"target-encoding must be one of {choices} (got {self.target_encoding!r})")
-        for name in ("probe_epochs", "cpu_budget_tokens", "threshold_min_examples"):
+        for name in ("probe_epochs", "cpu_budget_tokens", "threshold_min_examples", "ngram_min_ticks"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         for name in ("ngram_weight", "embedding_weight"):
