@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Label Studio pins many packages, so it lives in its own environment.
-$(LS_VENV)/.installed:
+# Label Studio pins many packages, so it lives in its own environment; the constraints hold back what its pins leave
+# open and a newer release broke (a change to them reinstalls).
+LS_CONSTRAINTS := scripts/label-studio-constraints.txt
+$(LS_VENV)/.installed: $(LS_CONSTRAINTS)
 	$(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q label-studio==1.23.2
+	$(LS_VENV)/bin/pip install -q -c $(LS_CONSTRAINTS) label-studio==1.23.2
 	touch $@
 
 up: install

@@ -1,4 +1,5 @@
-"""`scripts/install-system-packages.sh` and `make lint`'s list of shell scripts, without touching the system.
+"""`scripts/install-system-packages.sh`, `make lint`'s list of shell scripts and `make install`'s Label Studio
+step, without touching the system.
 
 The script runs with a PATH of stubs only: `apt-get`, `sudo` and `id` log their argv to a file (no real apt-get runs),
 and the one real tool the script needs, `env`, is a symlink in a folder of its own. So a real /usr/bin/chromium on
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,29 @@ def test_every_shell_script_of_the_repository_passes_shellcheck():
     assert {"scripts/install-system-packages.sh", ".ci/run"} <= set(files)
     done = subprocess.run(["shellcheck", *files], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
+
+
+def test_make_install_gives_label_studio_its_constraints_and_reinstalls_when_they_change(tmp_path: Path):
+    """`make` with a stub python3 whose venv's pip logs its argv: no package is installed."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", repo / "Makefile")
+    constraints = ROOT / "scripts" / "label-studio-constraints.txt"
+    shutil.copy(constraints, repo / "scripts" / constraints.name)
+    log = tmp_path / "pip.log"
+    pip, python = tmp_path / "pip", tmp_path / "python3"
+    _executable(pip, f'echo "$*" >> "{log}"')
+    _executable(python, f'[ "$1 $2" = "-m venv" ] || exit 9\nmkdir -p "$3/bin" && cp "{pip}" "$3/bin/pip"')  # the venv
+
+    def install() -> subprocess.CompletedProcess:
+        command = ["make", "-s", f"PYTHON={python}", ".venv-ls/.installed"]
+        return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=60)
+
+    done = install()
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [f"install -q -c scripts/{constraints.name} label-studio==1.23.2"]
+    pinned = [line for line in constraints.read_text().splitlines() if line and not line.startswith("#")]
+    assert "sentry-sdk<3" in pinned  # 3.0 stops Label Studio 1.23.2 at start-up
+    assert install().returncode == 0 and len(log.read_text().splitlines()) == 1  # installed: nothing to do
+    os.utime(repo / "scripts" / constraints.name, (time.time() + 5, time.time() + 5))
+    assert install().returncode == 0 and len(log.read_text().splitlines()) == 2  # changed constraints: again
