@@ -38,8 +38,9 @@ def blend(
         width = np.shape(p)[-1]
         given = np.array([np.full(width, w) for w, _, _ in mine])  # [parts, labels]
         learnt_by = np.array([np.ones(width) if m is None else np.asarray(m, dtype=np.float64) for _, _, m in mine])
-        have = (given * learnt_by).sum(axis=0)
-        weights = np.where(have > 0, given * learnt_by * total / np.where(have > 0, have, 1.0), given)
+        shares = given * learnt_by
+        have = shares.sum(axis=0)
+        weights = np.where(have > 0, shares * total / np.where(have > 0, have, 1.0), given)
         mixed = max(0.0, 1.0 - total) * np.asarray(p, dtype=np.float64)
         for weight, (_, q, _) in zip(weights, mine, strict=True):
             mixed = mixed + weight * np.asarray(q, dtype=np.float64)

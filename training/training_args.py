@@ -59,15 +59,15 @@ class TrainingArguments:
     # The served probabilities per choice dimension: (1 - w) x the encoder's + w x an n-gram logistic head's, both
     # fitted on the training rows (training/ngram.py). 0: the encoder alone.
     ngram_weight: float = 0.5
-    # A multi-choice label's n-gram head needs this many ticked training rows; below it the embedding heads (which
-    # read the cold start's answer) take that label's whole share. On the sample dev set at 20 / 40 labels the
-    # n-gram heads of frames ticked 1-4 times damped right ticks: frames micro-F1 0.756 / 0.792 with 1, 0.775 /
-    # 0.801 with 5 (BENCHMARKS.md, issue 15 round 6)
-    ngram_min_ticks: int = 5
     # ... and + w x a logistic head's on the encoder's sentence embedding of the text (training/embedding_heads.py);
     # the encoder's own heads get 1 - ngram_weight - embedding_weight (by default nothing: their choice answers are
     # still reported as "<split>_encoder", and span dimensions always come from the encoder). 0: no embedding heads.
     embedding_weight: float = 0.5
+    # A multi-choice label's n-gram head needs this many ticked training rows; below it the embedding heads (which
+    # read the cold start's answer) take that label's whole share. On the sample dev set at 20 / 40 labels the
+    # n-gram heads of frames ticked 1-4 times damped right ticks: frames micro-F1 0.757 / 0.791 with 1, 0.775 /
+    # 0.801 with 5 (BENCHMARKS.md, issue 15 round 6)
+    ngram_min_ticks: int = 5
     # the cold start's answers as features of the embedding and n-gram heads, times this weight, and as the answer
     # where no companion learnt anything (training/prior.py). 0: neither
     prior_weight: float = 10.0  # 3 and 10 tried on the sample dev set (BENCHMARKS.md, issue 15 round 4)
