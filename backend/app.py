@@ -36,10 +36,9 @@ class Service:
 
     settings: Settings
     schema: Schema
-    holder: ModelHolder
     jobs: JobRunner
     metrics: Metrics
-    versions: Any  # () -> list of registry versions
+    versions: Any  # (project id) -> list of that project's registry versions
     projects: dict[str, dict[str, str]] = field(default_factory=dict)  # project id -> LS hostname/token from /setup
     setup_hosts: Any = None  # SetupHosts: which /setup hostnames are kept
     ladder: Any = None  # Ladder: which rung serves each project
@@ -81,14 +80,14 @@ def _is_secret(key: str) -> bool:
 
 
 def registry_link(models_dir: Path):
-    """The registry functions the backend needs: the promoted model, and all versions (torch-free)."""
+    """The registry functions the backend needs, per project id: the promoted model, and all versions (torch-free)."""
     from training import registry
 
-    def current() -> tuple[str, Path] | None:
-        return registry.current_model(models_dir)
+    def current(project: str) -> tuple[str, Path] | None:
+        return registry.current_model(models_dir, project)
 
-    def versions() -> list[str]:
-        return registry.list_versions(models_dir)
+    def versions(project: str) -> list[str]:
+        return registry.list_versions(models_dir, project)
 
     return current, versions
 
@@ -210,20 +209,33 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     """Build the app. `predictors` and `registry` override the defaults (cold start + training registry)."""
     settings = settings or Settings()
     schema = load_schema(settings.schema_path)
-    cold_start, trained = predictors or default_predictors(settings, schema)
+    cold_start_factory, trained = predictors or default_predictors(settings, schema)
     current_model, versions = registry or registry_link(settings.models_dir)
     metrics = Metrics()
     from training.registry import serving_candidates  # torch-free
 
-    # A custom `registry` (tests) has no versions to fall back on; the real one falls back on the best other version.
-    fallbacks = None if registry else lambda: serving_candidates(settings.models_dir)
-    holder = ModelHolder(
-        cold_start, current_model, trained, interval=settings.reload_interval, schema=schema, fallbacks=fallbacks
-    )
+    shared: list[Predictor] = []
+
+    def cold_start() -> Predictor:  # one cold start for every project's holder
+        if not shared:
+            shared.append(cold_start_factory())
+        return shared[0]
+
+    def holder_for(project: str) -> ModelHolder:
+        """The holder of one project's promoted model, watching that project's registry only."""
+        # A custom `registry` (tests) has no versions to fall back on; the real one falls back on the best other one.
+        fallbacks = None if registry else lambda: serving_candidates(settings.models_dir, project)
+        return ModelHolder(
+            cold_start, lambda: current_model(project), trained, interval=settings.reload_interval, schema=schema,
+            fallbacks=fallbacks,
+        )
+
+    ladder_box: list[Ladder] = []
 
     def after_training(ok: bool) -> None:
         metrics.training_jobs.labels(outcome="succeeded" if ok else "failed").inc()
-        holder.refresh()
+        if ladder_box:
+            ladder_box[0].refresh()
 
     projects: dict[str, dict[str, str]] = {}
     jobs = JobRunner(
@@ -235,17 +247,30 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         models_dir=settings.models_dir,
         timeout=settings.train_timeout,
     )
-    service = Service(settings, schema, holder, jobs, metrics, versions, projects)
+    service = Service(settings, schema, jobs, metrics, versions, projects)
     service.setup_hosts = SetupHosts(settings, projects)
     off = None if settings.instant_learner else "WORKBENCH_INSTANT_LEARNER=false"
-    service.ladder = Ladder(schema, holder, project_loader(settings, projects), disabled_reason=off)
+    service.ladder = Ladder(
+        schema,
+        holder_for,
+        project_loader(settings, projects),
+        disabled_reason=off,
+        max_projects=settings.max_projects,
+        interval=settings.reload_interval,
+    )
+    ladder_box.append(service.ladder)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder.start()
+        if registry is None:  # the projects with a promoted model serve it from the first request on
+            from training.registry import projects as registry_projects
+
+            known = [p for p in registry_projects(settings.models_dir) if p.isdigit() and settings.serves_project(p)]
+            for project in known[: settings.max_projects]:
+                service.ladder.seen(project)
+        service.ladder.start()
         service.jobs.warm_up()
         yield
-        holder.stop()
         service.ladder.stop()
         service.jobs.stop()
 
@@ -287,7 +312,8 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     from backend.routes import router
 
     app.include_router(router)
-    metrics.serving(holder.current.model_version, holder.current.kind)
+    rung = service.ladder.serving(None)
+    metrics.serving(rung.predictor.model_version, rung.predictor.kind)
     return app
 
 

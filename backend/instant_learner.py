@@ -723,6 +723,11 @@ class InstantLearner:
 
     # -- state ----------------------------------------------------------------------------------------------
 
+    def accepted(self) -> dict[Any, Example]:
+        """A copy of the accepted example of each task id (to tell which tasks an event newly accepted)."""
+        with self._lock:
+            return dict(self._accepted)
+
     def examples(self) -> list[Example]:
         """The accepted examples now, in a stable order (by task key, then id)."""
         with self._lock:

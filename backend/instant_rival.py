@@ -29,7 +29,8 @@ def instant_rival_report(
     split: str = "test",
 ) -> dict[str, dict[str, Any]] | None:
     """{"cold_start": report, "instant_learner": report} on `test_rows`, each {"split", "n", "primary",
-    "dimensions" (macro-F1 per dimension), "model_version"}; None when not comparable."""
+    "dimensions" (macro-F1 per dimension), "model_version", "answers" (labels per row)}; None when not
+    comparable."""
     if not test_rows:
         return None
     examples = [row_example(row, schema) for row in test_rows]
@@ -79,4 +80,5 @@ def _report(schema: Schema, examples: Sequence[Any], predictions: Sequence[Any],
         "primary": report["primary"],
         "dimensions": dimensions,
         "model_version": version,
+        "answers": [prediction.labels for prediction in predictions],  # per row: the gate's paired bootstrap
     }

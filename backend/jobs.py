@@ -14,8 +14,9 @@ take the backend down.
 Bounds and sharing (the models folder is shared by every `serve --workers N` process, each with its own runner):
   - one job per models folder: the runner holds an exclusive flock on `<models>/.training.lock` while its job runs,
     and writes the job's status to `<models>/.training.json`, which the other workers' /health show;
-  - a request while a job runs (here or in another worker) touches `<models>/.training.follow-up`; the runner whose
-    job ends takes it and starts one more run;
+  - a request while a job runs (here or in another worker) touches `<models>/.training.follow-up.<project>`; the
+    runner whose job ends takes one and starts one more run for that project;
+  - `train_every` counts new annotations per project, and a job trains one project (its own registry);
   - a `train` job runs with `--if-new-data` unless forced, and exits with training.registry.SKIPPED_EXIT_CODE when
     there is nothing new: state "skipped";
   - with a timeout, a job running longer gets SIGTERM, then SIGKILL after `kill_grace` seconds. Before signalling,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".training.lock"  # flock held by the runner whose job runs: one job per models folder
 STATUS_FILE = ".training.json"  # that job's status, for the /health of every worker
-FOLLOW_UP_FILE = ".training.follow-up"  # one more run asked for while a job ran
+FOLLOW_UP_FILE = ".training.follow-up"  # + ".<project>": one more run for that project asked for while a job ran
 TOKEN_PREFIX = ".training-token-"  # a job may promote only while its token exists (see claim_job_token)
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 # The fields of a job that every worker shows the same (the rest are counters of the worker's own requests).
@@ -241,6 +242,7 @@ class JobRunner:
         self._closed = False  # after stop(): no new jobs (a follow-up must not start during shutdown)
         self._ended = threading.Event()  # set when the running job's end is published (only _wait waits on a job)
         self._consumed = 0  # new annotations counted before the running job started (its data includes them)
+        self._new: dict[str, int] = {}  # project -> accepted-label changes since its last job started
         self.status = JobStatus()
         # How jobs start: "cold" (a fresh process each), "warming" (the warm worker is importing), "warm", or why
         # the warm worker is not there (jobs then start anyway, only slower).
@@ -271,7 +273,7 @@ class JobRunner:
             running_here = self._process is not None
         if not running_here:
             self._merge_shared(data)
-        data["follow_up"] = (self._models_dir / FOLLOW_UP_FILE).exists()
+        data["follow_up"] = bool(self._follow_ups())
         data["worker"] = self.worker
         data["history"] = data["history"][-5:]
         return data
@@ -301,10 +303,12 @@ class JobRunner:
             log.warning("could not write %s: %s", self._models_dir / STATUS_FILE, error)
 
     def annotation_changed(self, project: str | None) -> str:
-        """Count an accepted-label change; start training when `train_every` changes have piled up."""
+        """Count an accepted-label change of a project; start training it when `train_every` changes piled up."""
         with self._lock:
-            self.status.new_annotations += 1
-            due = self._train_every > 0 and self.status.new_annotations >= self._train_every
+            name = _follow_up_name(project)
+            self._new[name] = self._new.get(name, 0) + 1
+            self.status.new_annotations = sum(self._new.values())
+            due = self._train_every > 0 and self._new[name] >= self._train_every
         if due:
             return self.submit(f"{self._train_every} new annotations", project)
         return "recorded"
@@ -319,16 +323,16 @@ class JobRunner:
                 self.status.state, self.status.reason, self.status.project = "recorded", reason, project
                 return "recorded"
             if self._process is not None:
-                self._ask_follow_up()
+                self._ask_follow_up(project)
                 return "busy"
             try:
                 if not self._acquire_job_lock():
                     # Another worker's job runs: leave it the follow-up, then try again, in case that job ended
                     # between our two tries (its runner releases the lock before it takes the marker, see _wait).
-                    self._ask_follow_up()
+                    self._ask_follow_up(project)
                     if not self._acquire_job_lock():
                         return "busy"
-                    self._take_follow_up()  # the run we start now covers that request
+                    self._take_follow_up(project)  # the run we start now covers that request
                 self._start_locked(reason, project, force)
             except OSError as error:  # no process could be started (fork refused, log folder unwritable, ...)
                 self._release_job_lock()
@@ -353,7 +357,9 @@ class JobRunner:
         except BaseException:
             token.unlink(missing_ok=True)
             raise
-        self._consumed = self.status.new_annotations  # from now on the counter counts what this job cannot see
+        # from now on the project's counter counts what this job cannot see
+        self._consumed = self._new.pop(_follow_up_name(project), 0)
+        self.status.new_annotations = sum(self._new.values())
         self.status = JobStatus(
             state="running",
             reason=reason,
@@ -409,12 +415,11 @@ class JobRunner:
             self._publish_locked()
             self._release_job_lock()
             # Only after the release: a request that found the lock taken left the marker before trying again.
-            follow_up = not self._closed and self._take_follow_up()
-            project = self.status.project
+            follow_up = None if self._closed else self._take_any_follow_up()
         token.unlink(missing_ok=True)
         self._ended.set()
-        if follow_up:
-            self.submit("labels changed during the last run", project)
+        if follow_up is not None:
+            self.submit("labels changed during the last run", follow_up[0])
 
     def _terminate(self, process: Job) -> int | None:
         """SIGTERM the job's process group, SIGKILL it after the grace period; the exit code."""
@@ -432,7 +437,9 @@ class JobRunner:
         self.status.error = error
         self.status.detail = detail
         if state == "failed":  # the annotations it was to learn from are still new
-            self.status.new_annotations += self._consumed
+            name = _follow_up_name(self.status.project)
+            self._new[name] = self._new.get(name, 0) + self._consumed
+            self.status.new_annotations = sum(self._new.values())
         self._consumed = 0
         self.status.history.append(
             {
@@ -464,19 +471,34 @@ class JobRunner:
             self._lock_handle.close()  # closing the descriptor releases the flock
             self._lock_handle = None
 
-    def _ask_follow_up(self) -> None:
+    def _ask_follow_up(self, project: str | None) -> None:
         try:
-            (self._models_dir / FOLLOW_UP_FILE).touch()
+            (self._models_dir / f"{FOLLOW_UP_FILE}.{_follow_up_name(project)}").touch()
         except OSError as error:
             log.warning("could not ask for a follow-up run: %s", error)
 
-    def _take_follow_up(self) -> bool:
-        """Whether a follow-up was asked for (and clear the request): unlink succeeds for one taker only."""
+    def _take_follow_up(self, project: str | None) -> bool:
+        """Whether a follow-up was asked for the project (and clear it): unlink succeeds for one taker only."""
         try:
-            (self._models_dir / FOLLOW_UP_FILE).unlink()
+            (self._models_dir / f"{FOLLOW_UP_FILE}.{_follow_up_name(project)}").unlink()
         except OSError:
             return False
         return True
+
+    def _follow_ups(self) -> list[str]:
+        """The projects a follow-up run was asked for, oldest request first."""
+        try:
+            marks = sorted(self._models_dir.glob(f"{FOLLOW_UP_FILE}.*"), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return []
+        return [mark.name[len(FOLLOW_UP_FILE) + 1 :] for mark in marks]
+
+    def _take_any_follow_up(self) -> tuple[str | None] | None:
+        """Take the oldest follow-up request: (its project, None when it named none), or None when there is none."""
+        for name in self._follow_ups():
+            if self._take_follow_up(name):
+                return (None if name == NO_PROJECT else name,)
+        return None
 
     def stop(self) -> None:
         """Stop a running job (SIGTERM to its process group, SIGKILL if it is still there after the grace period),
@@ -492,6 +514,15 @@ class JobRunner:
             if not self._ended.wait(self._kill_grace):
                 _signal_group(process.pid, signal.SIGKILL)
                 self._ended.wait(5)
+
+
+NO_PROJECT = "none"  # the follow-up name of a request that named no project
+
+
+def _follow_up_name(project: str | None) -> str:
+    """A project's name in follow-up file names: its id, only if it is a safe one (a forged id names no path)."""
+    value = str(project).split(".")[0].strip() if project is not None else ""
+    return value if value.isdigit() or value == "default" else NO_PROJECT
 
 
 def _wait_for(process: Job, timeout: float | None) -> int | None:

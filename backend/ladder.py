@@ -2,20 +2,30 @@
 
   cold start        no accepted label yet (or no instant learner: a predictor without an embedder, in tests)
   instant learner   light heads refitted on every accepted annotation of the project (backend/instant_learner.py)
-  fine-tuned model  the registry's promoted model (backend/holder.py); its gate compared it with the instant
-                    learner on the same held-out labels (training/pipeline.py), so once promoted it serves
+  fine-tuned model  the project's own promoted model (its registry, models/projects/<id>; backend/holder.py)
 
-Each Label Studio project has its own instant learner: labels of one project never steer another. The learners
-learn from the webhooks and, the first time a project is seen (a /setup, /predict or webhook naming it), from the
-project's stored annotations, read from the Label Studio the operator configured (never from a host a request
-named), so a restart loses nothing.
+Everything is per Label Studio project: each has its own instant learner and its own registry, so labels of one
+project never steer what another is served. The learners learn from the webhooks and, the first time a project is
+seen (a /setup, /predict or webhook naming it), from the project's stored annotations, read from the Label Studio
+the operator configured (never from a host a request named), so a restart loses nothing.
+
+What serves is decided on evidence, test-then-train: before a learner learns from a newly accepted annotation,
+each rung's suggestion for that task is scored against the accepted labels (`agreement`). The highest rung that is
+available serves (a promoted model passed its gate) until, over the last RUNNING_WINDOW scored annotations it was
+scored on, a lower rung has a better mean on the same annotations (at least MIN_SCORED of them): then the lower rung
+serves. A fine-tuned version that fell behind stays down until a new version is promoted. /health shows the scores.
+
+At most `max_projects` projects are held (least recently used first out); one that comes back reads its stored
+annotations again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +39,12 @@ log = logging.getLogger(__name__)
 # project id -> every task of the project with its annotations (a Label Studio JSON export), or None when no
 # configured Label Studio holds it.
 ProjectLoader = Callable[[str], list[dict] | None]
+# project id ("default" for requests that name none) -> the holder of that project's promoted model
+HolderFactory = Callable[[str], ModelHolder]
+
+DEFAULT_PROJECT = "default"  # as training.registry.DEFAULT_PROJECT: the registry of requests naming no project
+RUNNING_WINDOW = 50  # scored annotations a rung's running score covers
+MIN_SCORED = 10  # shared scored annotations before a lower rung may take over: fewer are noise
 
 
 @dataclass(frozen=True)
@@ -40,35 +56,69 @@ class Rung:
     reason: str
 
 
+def agreement(schema: Schema, prediction: Any, labels: Mapping[str, Any]) -> float | None:
+    """How well one suggestion matches accepted labels: the mean over the choice questions the labels answer of 1/0
+    (single choice) or the Jaccard overlap of the ticked labels (multi choice; both empty: 1). None: no question."""
+    given = getattr(prediction, "labels", {}) or {}
+    scores = []
+    for dim in schema.dimensions:
+        gold = labels.get(dim.name)
+        if gold is None or dim.kind == "spans":
+            continue
+        answer = given.get(dim.name)
+        if dim.kind == "single":
+            scores.append(float(answer == gold))
+        else:
+            mine = {a["label"] if isinstance(a, Mapping) else a for a in answer or []}
+            truth = set(gold)
+            scores.append(len(mine & truth) / len(mine | truth) if mine | truth else 1.0)
+    return sum(scores) / len(scores) if scores else None
+
+
 class _Project:
-    def __init__(self, project_id: str, learner: InstantLearner, worker: LearnerWorker | None) -> None:
+    def __init__(self, project_id: str, learner: InstantLearner | None, holder: ModelHolder) -> None:
         self.project_id = project_id
         self.learner = learner
-        self.worker: LearnerWorker = worker  # type: ignore[assignment]  (set right after construction)
+        self.holder = holder
+        self.worker: LearnerWorker | None = None
         self.fitted: InstantPredictor | None = None
         self.loaded = False  # stored annotations read (or nothing to read)
         self.load_error: str | None = None
+        # per scored annotation: {rung key: agreement}; the trained rung's key names its version
+        self.scores: deque[dict[str, float]] = deque(maxlen=RUNNING_WINDOW)
+        self.demoted: dict[str, str] = {}  # fine-tuned version -> why it stopped serving
+        self.pending: list[Future] = []  # scorings not finished yet
 
 
 class Ladder:
-    """Per-project instant learners on top of the holder's cold start / fine-tuned model."""
+    """Per-project rungs: a promoted model of the project's registry, its instant learner, the shared cold start."""
 
     def __init__(
         self,
         schema: Schema,
-        holder: ModelHolder,
+        holders: HolderFactory,
         loader: ProjectLoader | None = None,
         disabled_reason: str | None = None,
+        *,
+        max_projects: int = 50,
+        interval: float = 2.0,
     ) -> None:
         """`disabled_reason`: why no instant learner runs (turned off); the cold start then serves until a
-        fine-tuned model is promoted."""
+        fine-tuned model is promoted. `interval`: seconds between checks of the registries for a promotion."""
         self.schema = schema
-        self.holder = holder
+        self._holders = holders
         self._loader = loader
-        self._projects: dict[str, _Project] = {}
+        self._projects: OrderedDict[str, _Project] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self._stopped = False
-        if disabled_reason is None and getattr(holder.cold_start, "embedder", None) is None:
+        self._stop = threading.Event()
+        self._interval = interval
+        self._watcher: threading.Thread | None = None
+        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rung-scores")
+        self.max_projects = max_projects
+        self._default = holders(DEFAULT_PROJECT)  # serves requests that name no project, and holds the cold start
+        self.cold_start = self._default.cold_start
+        if disabled_reason is None and getattr(self.cold_start, "embedder", None) is None:
             disabled_reason = "the cold-start predictor has no embedder to learn on"
         self.disabled_reason = disabled_reason
         self.enabled = disabled_reason is None
@@ -77,17 +127,86 @@ class Ladder:
 
     def serving(self, project: str | None) -> Rung:
         """The rung that answers `project` (None: the only project seen so far, if there is just one)."""
-        base = self.holder.current
-        if base.kind == "trained":
-            return Rung(base, "trained", f"fine-tuned model {base.model_version} is promoted (it passed the gate)")
         state = self._state(project)
+        holder = state.holder if state is not None else self._default
+        rungs = self._available(state, holder)
+        top = rungs[0]
+        if state is None:
+            return top
+        for lower in rungs[1:]:
+            behind = self._behind(state, top, lower)
+            if behind is None:
+                continue
+            if top.name == "trained":
+                state.demoted.setdefault(top.predictor.model_version, behind)
+                log.warning("project %s: %s stops serving: %s", state.project_id, top.predictor.model_version, behind)
+            return Rung(lower.predictor, lower.name, f"{lower.reason}; above it, {behind}")
+        return top
+
+    def _available(self, state: _Project | None, holder: ModelHolder) -> list[Rung]:
+        """The rungs that could serve, highest first (the last one is always the cold start)."""
+        rungs = []
+        base = holder.current
+        if base.kind == "trained":
+            why = state.demoted.get(base.model_version) if state is not None else None
+            if why is None:
+                reason = f"fine-tuned model {base.model_version} is promoted (it passed the gate)"
+                rungs.append(Rung(base, "trained", reason))
         if state is not None and state.fitted is not None:
             n = state.fitted.n_examples
-            reason = f"instant learner on {n} accepted tasks of project {state.project_id}; no fine-tuned model yet"
-            return Rung(state.fitted, "instant", reason)
+            reason = f"instant learner on {n} accepted tasks of project {state.project_id}"
+            if base.kind == "trained" and state.demoted.get(base.model_version):
+                reason += f"; {state.demoted[base.model_version]}"
+            rungs.append(Rung(state.fitted, "instant", reason))
+        cold = self.cold_start
         if not self.enabled:
-            return Rung(base, "cold-start", f"no instant learner: {self.disabled_reason}")
-        return Rung(base, "cold-start", "no accepted annotation yet")
+            rungs.append(Rung(cold, "cold-start", f"no instant learner: {self.disabled_reason}"))
+        else:
+            rungs.append(Rung(cold, "cold-start", "no accepted annotation yet"))
+        return rungs
+
+    @staticmethod
+    def _key(rung: Rung) -> str:
+        return f"trained:{rung.predictor.model_version}" if rung.name == "trained" else rung.name
+
+    def _behind(self, state: _Project, top: Rung, lower: Rung) -> str | None:
+        """Why `top` is behind `lower` on the same recent annotations, or None while it is not (or too few)."""
+        if top.name == "trained" and top.predictor.model_version in state.demoted:
+            return state.demoted[top.predictor.model_version]
+        mine, theirs = self._key(top), self._key(lower)
+        shared = [s for s in list(state.scores) if mine in s and theirs in s]
+        if len(shared) < MIN_SCORED:
+            return None
+        top_mean = sum(s[mine] for s in shared) / len(shared)
+        lower_mean = sum(s[theirs] for s in shared) / len(shared)
+        if top_mean >= lower_mean:
+            return None
+        shown = {"trained": f"the fine-tuned model {top.predictor.model_version}", "instant": "the instant learner"}
+        return (
+            f"{shown.get(top.name, top.name)} agreed less with the last {len(shared)} accepted annotations "
+            f"({top_mean:.2f} vs {lower_mean:.2f})"
+        )
+
+    def running_scores(self, project: str | None) -> dict[str, dict[str, Any]]:
+        """Per rung key: the mean agreement with the recent accepted annotations it was scored on, and how many."""
+        state = self._state(project)
+        out: dict[str, dict[str, Any]] = {}
+        for scores in list(state.scores) if state is not None else []:
+            for key, value in scores.items():
+                entry = out.setdefault(key, {"sum": 0.0, "n": 0})
+                entry["sum"] += value
+                entry["n"] += 1
+        return {key: {"mean": round(e["sum"] / e["n"], 4), "n": e["n"]} for key, e in out.items()}
+
+    def project_of(self, project: str | None) -> str:
+        """The registry a request for `project` is served from: its id, the only project seen, or "default"."""
+        state = self._state(project)
+        return state.project_id if state is not None else DEFAULT_PROJECT
+
+    def holder(self, project: str | None) -> ModelHolder:
+        """The holder of a project's promoted model (the default registry's for None)."""
+        state = self._state(project)
+        return state.holder if state is not None else self._default
 
     # -- learning -------------------------------------------------------------------------------------------
 
@@ -96,34 +215,72 @@ class Ladder:
         self._project(project)
 
     def apply(self, project: str | None, payload: Mapping[str, Any]) -> bool:
-        """Learn from one webhook payload; True when the accepted labels changed (a refit is queued)."""
+        """Learn from one webhook payload; True when the accepted labels changed (a refit is queued). Newly accepted
+        tasks are first scored against every rung's suggestion, before the learner learns from them."""
         state = self._project(project)
-        if state is None:
+        if state is None or state.learner is None or state.worker is None:
             return False
+        before = state.learner.accepted()
         changed = state.learner.apply_event(payload)
         if changed:
+            new = [example for task_id, example in state.learner.accepted().items() if task_id not in before]
+            if new:
+                rungs = self._available(state, state.holder)  # what served when the annotator labelled them
+                with self._lock:
+                    state.pending = [f for f in state.pending if not f.done()]
+                    state.pending.append(self._scorer.submit(self._score, state, rungs, new))
             state.worker.submit()
         return changed
 
+    def _score(self, state: _Project, rungs: Sequence[Rung], examples: Sequence[Any]) -> None:
+        datas = [example.data for example in examples]
+        answers = {}
+        for rung in rungs:
+            try:
+                answers[self._key(rung)] = rung.predictor.predict(datas)
+            except Exception as error:  # a rung that cannot answer is not scored; serving goes on
+                log.warning("project %s: could not score %s: %s", state.project_id, rung.name, error)
+        for i, example in enumerate(examples):
+            scores = {}
+            for key, predictions in answers.items():
+                value = agreement(self.schema, predictions[i], example.labels)
+                if value is not None:
+                    scores[key] = value
+            if scores:
+                state.scores.append(scores)
+
     def wait(self, project: str | None, timeout: float | None = None) -> bool:
-        """Block until the project's learner has fitted everything submitted so far (tests, benchmarks)."""
+        """Block until the project's learner has scored and fitted everything submitted so far (tests, benches)."""
         state = self._state(project)
-        return state is None or state.worker.wait(timeout=timeout)
+        if state is None or state.worker is None:
+            return True
+        with self._lock:
+            pending = list(state.pending)
+        for future in pending:
+            future.result(timeout)
+        return state.worker.wait(timeout=timeout)
 
     def snapshot(self) -> dict[str, Any]:
-        """Per project: the instant version, accepted tasks, fits, last fit time and error (for /health)."""
+        """Per project: the instant version, accepted tasks, fits, last fit time and error, the promoted model, the
+        rung that serves and the rungs' running scores (for /health)."""
         with self._lock:
             projects = dict(self._projects)
         out: dict[str, Any] = {}
         for project_id, state in projects.items():
             fitted = state.fitted
+            worker = state.worker
+            rung = self.serving(project_id)
             out[project_id] = {
                 "model_version": fitted.model_version if fitted else None,
                 "accepted_tasks": fitted.n_examples if fitted else 0,
-                "fits": state.worker.fits,
-                "last_fit_seconds": state.worker.last_fit_seconds,
-                "last_error": state.worker.last_error or state.load_error,
+                "fits": worker.fits if worker else 0,
+                "last_fit_seconds": worker.last_fit_seconds if worker else None,
+                "last_error": (worker.last_error if worker else None) or state.load_error,
                 "loaded": state.loaded,
+                "promoted": state.holder.current.model_version if state.holder.current.kind == "trained" else None,
+                "serving": rung.predictor.model_version,
+                "rung": rung.name,
+                "running_scores": self.running_scores(project_id),
             }
         return out
 
@@ -132,15 +289,38 @@ class Ladder:
         with self._lock:
             return [s.fitted.model_version for s in self._projects.values() if s.fitted is not None]
 
+    def start(self) -> None:
+        """Watch every held project's registry for promotions in one daemon thread."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+            self._watcher.start()
+
     def stop(self) -> None:
-        """Stop every learner's worker thread."""
+        """Stop the watcher and every learner's worker thread."""
+        self._stop.set()
         with self._lock:
             self._stopped = True
             projects = list(self._projects.values())
         for state in projects:
-            state.worker.stop()
+            if state.worker is not None:
+                state.worker.stop()
+        self._scorer.shutdown(wait=False, cancel_futures=True)
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    def refresh(self) -> None:
+        """Check every held registry once for a new promoted model (the watcher does this every interval)."""
+        with self._lock:
+            holders = [self._default, *(s.holder for s in self._projects.values())]
+        for holder in holders:
+            holder.refresh()
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.refresh()
 
     @staticmethod
     def _id(project: str | None) -> str | None:
@@ -155,35 +335,52 @@ class Ladder:
         with self._lock:
             if project_id is None:
                 return next(iter(self._projects.values())) if len(self._projects) == 1 else None
-            return self._projects.get(project_id)
+            state = self._projects.get(project_id)
+            if state is not None:
+                self._projects.move_to_end(project_id)
+            return state
 
     def _project(self, project: str | None) -> _Project | None:
         project_id = self._id(project)
-        if not self.enabled or project_id is None:
-            return self._state(project) if self.enabled else None
+        if project_id is None:
+            return self._state(project)
         with self._lock:
             state = self._projects.get(project_id)
-            if state is not None or self._stopped:
+            if state is not None:
+                self._projects.move_to_end(project_id)
                 return state
-            cold_start = self.holder.cold_start
-            learner = InstantLearner(self.schema, cold_start.embedder, cold_start)
-            state = _Project(project_id, learner, None)
-            state.worker = LearnerWorker(
-                learner, lambda fitted, s=state: self._fitted(project_id, s, fitted), name=f"learner-{project_id}"
-            ).start()
+            if self._stopped:
+                return None
+        holder = self._holders(project_id)  # outside the lock: it may load a model
+        learner = InstantLearner(self.schema, self.cold_start.embedder, self.cold_start) if self.enabled else None
+        with self._lock:
+            if project_id in self._projects or self._stopped:  # another request got here first
+                return self._projects.get(project_id)
+            state = _Project(project_id, learner, holder)
+            if learner is not None:
+                state.worker = LearnerWorker(
+                    learner, lambda fitted, s=state: self._fitted(s, fitted), name=f"learner-{project_id}"
+                ).start()
             self._projects[project_id] = state
-        if self._loader is None:
+            evicted = []
+            while len(self._projects) > self.max_projects:
+                evicted.append(self._projects.popitem(last=False)[1])
+        for old in evicted:
+            log.info("project %s: dropped (over %d held); reloads when seen", old.project_id, self.max_projects)
+            if old.worker is not None:
+                old.worker.stop(timeout=0)
+        if learner is None or self._loader is None:
             state.loaded = True
         else:
             threading.Thread(target=self._load, args=(project_id, state), daemon=True, name="learner-load").start()
         return state
 
-    def _fitted(self, project_id: str, state: _Project, fitted: InstantPredictor | None) -> None:
+    def _fitted(self, state: _Project, fitted: InstantPredictor | None) -> None:
         state.fitted = fitted
-        log.info("project %s: serving %s", project_id, fitted.model_version if fitted else "no instant model")
+        log.info("project %s: serving %s", state.project_id, fitted.model_version if fitted else "no instant model")
 
     def _load(self, project_id: str, state: _Project) -> None:
-        assert self._loader is not None
+        assert self._loader is not None and state.learner is not None and state.worker is not None
         try:
             tasks = self._loader(project_id)
         except Exception as error:  # Label Studio down, key rejected: webhooks still teach the learner

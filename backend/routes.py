@@ -25,6 +25,7 @@ from backend.protocol import (
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Basic auth is configured and the credentials are wrong."},
+    403: {"model": ErrorResponse, "description": "The project is not one this backend serves (WORKBENCH_PROJECTS)."},
     413: {"model": ErrorResponse, "description": "The body, the task count or a text is over its limit."},
     422: {"model": ErrorResponse, "description": "The body does not fit the protocol or the label schema."},
 }
@@ -38,6 +39,15 @@ def _error(status: int, loc: list[str | int], msg: str, kind: str) -> JSONRespon
     return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": kind}]}, status_code=status)
 
 
+def _not_served(service, project: str | None, loc: list[str | int]) -> JSONResponse | None:
+    """403 for a project outside WORKBENCH_PROJECTS (None when it is served): it starts and changes nothing."""
+    if service.settings.serves_project(project):
+        return None
+    listed = ",".join(service.settings.projects)
+    message = f"project {project!r} is not served by this backend (WORKBENCH_PROJECTS={listed})"
+    return _error(403, loc, message, "project_not_served")
+
+
 async def _record(request: Request, route: str) -> None:
     service = _service(request)
     if service.settings.record_dir is not None:
@@ -46,15 +56,16 @@ async def _record(request: Request, route: str) -> None:
 
 @router.get("/health", response_model=Health)
 @router.get("/", response_model=Health, include_in_schema=False)
-def health(request: Request) -> Any:
-    """Liveness plus what serves: the model version, its rung of the ladder and why, the instant learners, and the
-    training job status. The version is that of the only project seen so far, else the cold start / fine-tuned one.
+def health(request: Request, project: str | None = None) -> Any:
+    """Liveness plus what serves `project` (default: the only project seen so far, else requests naming none): the
+    model version, its rung of the ladder and why, per project the instant learner, the promoted model and the
+    rungs' running scores on recent annotations, and the training job status.
 
     With basic auth on, a caller without credentials gets only what Label Studio needs (status, model version):
     job details, log paths and errors are for the operator.
     """
     service = _service(request)
-    rung = service.ladder.serving(None)
+    rung = service.ladder.serving(project)
     current = rung.predictor
     if not getattr(request.state, "authorized", True):
         return JSONResponse({"status": "UP", "model_version": current.model_version})
@@ -68,7 +79,7 @@ def health(request: Request) -> Any:
         instant=service.ladder.snapshot(),
         schema_hash=service.schema.hash,
         training=service.jobs.snapshot(),
-        last_reload_error=service.holder.last_error,
+        last_reload_error=service.ladder.holder(project).last_error,
     )
 
 
@@ -77,6 +88,9 @@ async def setup(body: SetupRequest, request: Request) -> Any:
     """Check the project's labeling config fits the schema; answer the model version Label Studio will store."""
     await _record(request, "/setup")
     service = _service(request)
+    refused = _not_served(service, body.project, ["body", "project"])
+    if refused is not None:
+        return refused
     if body.schema_:
         problems = config_differences(body.schema_, service.schema)
         if problems:
@@ -97,6 +111,9 @@ def predict(body: PredictRequest, request: Request) -> Any:
     if service.settings.record_dir is not None:
         service.record("/predict", body.model_dump_json(by_alias=True).encode())
     settings, schema = service.settings, service.schema
+    refused = _not_served(service, body.project, ["body", "project"])
+    if refused is not None:
+        return refused
     if not body.tasks:
         return _error(422, ["body", "tasks"], "no tasks: send at least one", "empty")
     if len(body.tasks) > settings.max_tasks:
@@ -152,6 +169,9 @@ async def webhook(event: WebhookEvent, request: Request) -> Any:
         return _error(422, ["body", "action"], message, "unknown_event")
     service.metrics.webhooks.labels(action=event.action).inc()
     project = _project_id(event)
+    refused = _not_served(service, project, ["body", "project", "id"])
+    if refused is not None:
+        return refused
     if event.action == "START_TRAINING":
         force = bool((event.model_extra or {}).get("force"))  # not sent by Label Studio: for scripts and tests
         status = service.jobs.submit("START_TRAINING", project, force=force)
@@ -170,16 +190,17 @@ def _project_id(event: WebhookEvent) -> str | None:
 
 
 @router.get("/versions", response_model=Versions)
-def versions(request: Request) -> Versions:
-    """The model versions available: the cold start, the instant learners' and every trained model in the registry;
-    which one serves, on which rung and why."""
+def versions(request: Request, project: str | None = None) -> Versions:
+    """The model versions available to `project` (default: the only project seen so far): the cold start, the
+    instant learners' and every trained model in that project's registry; which one serves, on which rung and why."""
     service = _service(request)
     cold_start = f"cold-start-{service.schema.hash}"
+    rung = service.ladder.serving(project)
+    served = service.ladder.project_of(project)
     try:
-        trained = service.versions()
+        trained = service.versions(served)
     except Exception:
         trained = []
-    rung = service.ladder.serving(None)
     return Versions(
         versions=[cold_start, *service.ladder.versions(), *trained],
         current=rung.predictor.model_version,

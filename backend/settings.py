@@ -63,6 +63,17 @@ class Settings(BaseSettings):
         "(comma-separated). Other hostnames from /setup are ignored.",
     )
 
+    projects: list[str] = Field(
+        default_factory=list,
+        description="Label Studio project ids this backend serves (comma-separated, e.g. 1,4); requests and events "
+        "naming another project get 403 and change nothing. Empty: any project.",
+    )
+    max_projects: int = Field(
+        default=50,
+        ge=1,
+        description="Projects whose learners and models are held at once; the least recently used one is dropped "
+        "first and reads its stored annotations again when it comes back.",
+    )
     instant_learner: bool = Field(
         default=True,
         description="Learn from every accepted annotation (per project) and serve that until a fine-tuned model is "
@@ -98,7 +109,7 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Seconds a training job may run before it is stopped (0: no limit)."
     )
 
-    @field_validator("allowed_hosts", "allowed_ls_urls", mode="before")
+    @field_validator("allowed_hosts", "allowed_ls_urls", "projects", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # An environment variable holds "a,b"; pydantic-settings would want JSON for a list.
@@ -112,6 +123,13 @@ class Settings(BaseSettings):
         if self.basic_auth_user and self.basic_auth_password:
             return self.basic_auth_user, self.basic_auth_password.get_secret_value()
         return None
+
+    def serves_project(self, project: str | None) -> bool:
+        """Whether a request naming `project` ("<id>" or "<id>.<timestamp>"; None: none) may be served: always
+        when WORKBENCH_PROJECTS is empty, else only for the ids it lists."""
+        if not self.projects:
+            return True
+        return project is not None and str(project).split(".")[0].strip() in self.projects
 
     @property
     def label_studio_urls(self) -> set[str]:

@@ -15,7 +15,7 @@ from backend.app import create_app
 from backend.settings import Settings
 
 RECORDED = Path(__file__).parent / "fixtures" / "label_studio_requests"
-NO_REGISTRY = (lambda: None, lambda: [])
+NO_REGISTRY = (lambda project: None, lambda project: [])
 
 
 def make_client(tmp_path, predictor, **settings) -> TestClient:

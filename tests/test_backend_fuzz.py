@@ -37,7 +37,7 @@ def client(tmp_path_factory, cold_start_predictor):
     app = create_app(
         Settings(models_dir=tmp_path_factory.mktemp("models"), max_tasks=3, max_text_chars=50),
         predictors=(lambda: cold_start_predictor, None),
-        registry=(lambda: None, lambda: []),
+        registry=(lambda project: None, lambda project: []),
     )
     with TestClient(app) as test_client:
         yield test_client

@@ -24,7 +24,7 @@ def test_every_route_conforms_and_never_fails(tmp_path, cold_start_predictor):
     app = create_app(
         Settings(models_dir=tmp_path / "models", max_tasks=8, max_text_chars=400),
         predictors=(lambda: cold_start_predictor, None),
-        registry=(lambda: None, lambda: []),
+        registry=(lambda project: None, lambda project: []),
     )
     api = schemathesis.openapi.from_asgi("/openapi.json", app)
     calls: dict[str, int] = {}

@@ -14,7 +14,7 @@ from backend.settings import Settings
 from tests.test_reliability_support import FakeLabelStudio, wait_for
 from tests.test_training_pipeline import synthetic_export
 
-NO_REGISTRY = (lambda: None, lambda: [])
+NO_REGISTRY = (lambda project: None, lambda project: [])
 
 
 def _client(tmp_path, predictor, registry=NO_REGISTRY, trained=None, **settings) -> TestClient:
@@ -121,7 +121,7 @@ def test_a_promoted_fine_tuned_model_serves_above_the_instant_learner(tmp_path, 
     schema = cold_start_predictor.schema
     maps = {d.name: {"kind": d.kind, "id2label": dict(enumerate(d.values))} for d in schema.dimensions}
     (folder / "label_maps.json").write_text(json.dumps(maps))  # fits the schema: the holder loads it
-    registry = (lambda: (_Trained.model_version, folder), lambda: [_Trained.model_version])
+    registry = (lambda project: (_Trained.model_version, folder), lambda project: [_Trained.model_version])
     trained = lambda version, path: _Trained(cold_start_predictor)  # noqa: E731
     with _client(tmp_path, cold_start_predictor, registry=registry, trained=trained) as client:
         for task in export[:5]:

@@ -77,7 +77,7 @@ def _app_client(tmp_path: Path, cold_start_predictor, base_url: str = "http://te
     app = create_app(
         Settings(models_dir=tmp_path / "models", **settings),
         predictors=(lambda: cold_start_predictor, None),
-        registry=(lambda: None, lambda: []),
+        registry=(lambda project: None, lambda project: []),
     )
     return TestClient(app, base_url=base_url)
 

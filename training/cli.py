@@ -33,6 +33,11 @@ ModelsOption = Annotated[
     typer.Option("--models", envvar="WORKBENCH_MODELS_DIR", help="Model registry folder."),
 ]
 
+RegistryProjectOption = Annotated[
+    str | None,
+    typer.Option("--project", help="Label Studio project id whose registry to use (default: the only one there)."),
+]
+
 
 # ---- plain functions ----
 
@@ -51,8 +56,10 @@ def train_command(
     skipped_exit_code: int = 0,
     job_token: Path | None = None,
     rival: GateRival | None = None,
+    project: str | int | None = None,
 ) -> int:
-    """Train on Label Studio `tasks`, register the version, try to promote it; print a summary.
+    """Train on Label Studio `tasks`, register the version in `project`'s registry, try to promote it; print a
+    summary. `project` None: the one project the tasks name (a Label Studio export's "project"), else "default".
 
     `keep_versions`: prune the registry to the newest N versions afterwards (None: keep all). `skipped_exit_code`:
     what a run that `if_new_data` skipped returns. `job_token`: see training.registry.JOB_TOKEN_ENV. `rival`: see
@@ -60,14 +67,16 @@ def train_command(
     """
     from annotation_config.schema import load_schema
     from training.pipeline import run_training
+    from training.registry import project_registry
     from training.training_args import TrainingArguments
 
     schema = load_schema(schema_path)
     args = args or TrainingArguments()
+    registry = project_registry(models_dir, project if project is not None else tasks_project(tasks))
     outcome = run_training(
         tasks,
         schema,
-        models_dir,
+        registry.root,
         args,
         if_new_data=if_new_data,
         promote=promote,
@@ -105,6 +114,7 @@ def evaluate_command(
     models_dir: Path = DEFAULT_MODELS_DIR,
     out_dir: Path | None = None,
     as_json: bool = False,
+    project: str | None = None,
 ) -> int:
     """Evaluate a model (version, "current" or a folder) on a Label Studio export or a JSON-lines file of rows."""
     from annotation_config.schema import load_schema
@@ -112,7 +122,7 @@ def evaluate_command(
     from training.data import accept
     from training.evaluation import evaluate_model, jsonable, save_report
 
-    folder = resolve_model(model, models_dir)
+    folder = resolve_model(model, models_dir, project)
     items = load_export(data) if _looks_like_export(data) else _read_rows(data)
     if items and all("data" in item for item in items):
         accepted = accept(items, load_schema(schema_path))
@@ -218,11 +228,36 @@ def cv_command(
     return 0
 
 
-def models_list_command(models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = False) -> int:
-    """Print every version with its status, data hash and test score."""
-    from training.registry import Registry
+def tasks_project(tasks: Sequence[Mapping[str, Any]]) -> str | None:
+    """The one Label Studio project that all `tasks` name (an export's "project" field), else None."""
+    named = {str(t.get("project")) for t in tasks if isinstance(t, Mapping) and t.get("project") is not None}
+    return named.pop() if len(named) == 1 else None
 
-    entries = Registry(models_dir).list()
+
+def resolve_project(models_dir: Path, project: str | None) -> str:
+    """The project a `models` command works on: the one given, else the only one in `models_dir` (a one-line
+    error naming them when there are several)."""
+    from training.registry import DEFAULT_PROJECT, migrate_single_registry, project_id, projects
+
+    if project is not None:
+        return project_id(project)
+    migrate_single_registry(models_dir)
+    known = projects(models_dir)
+    if len(known) > 1:
+        raise CommandError(f"{models_dir} holds the models of projects {', '.join(known)}: pass --project ID")
+    return known[0] if known else DEFAULT_PROJECT
+
+
+def models_list_command(
+    models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = False, project: str | None = None
+) -> int:
+    """Print every version of one project, or of every project, with its status, test score and the gate's last
+    comparison (difference and 90% interval)."""
+    from training.registry import migrate_single_registry, project_registry, projects
+
+    migrate_single_registry(models_dir)
+    names = [resolve_project(models_dir, project)] if project is not None else projects(models_dir)
+    entries = [{"project": name, **entry} for name in names for entry in project_registry(models_dir, name).list()]
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
         return 0
@@ -232,57 +267,67 @@ def models_list_command(models_dir: Path = DEFAULT_MODELS_DIR, as_json: bool = F
     from rich.table import Table
 
     table = Table()
+    table.add_column("project", no_wrap=True)
     table.add_column("version", no_wrap=True)
-    for name in ("status", "examples", "test score", "data hash"):
-        table.add_column(name, no_wrap=True)
+    for name in ("status", "examples", "test score", "gate: difference [90% interval]", "data hash"):
+        table.add_column(name, no_wrap=name != "gate: difference [90% interval]")
     for e in entries:
         score = "n/a" if e["primary"] is None else f"{e['primary']:.3f}"
         status = f"[bold green]{e['status']}[/]" if e["status"] == "current" else e["status"]
-        table.add_row(e["version"], status, str(e["examples"]), score, str(e["data_hash"])[:8])
+        gate = e["gate"] or ""
+        table.add_row(e["project"], e["version"], status, str(e["examples"]), score, gate, str(e["data_hash"])[:8])
     out.print(table)
     return 0
 
 
 def models_promote_command(
-    version: str, models_dir: Path = DEFAULT_MODELS_DIR, force: bool = False, schema_path: Path | None = None
+    version: str,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    force: bool = False,
+    schema_path: Path | None = None,
+    project: str | None = None,
 ) -> int:
-    """Promote a version through the gate; a refusal (worse, or its label maps do not fit the schema) is an error
-    with its reason."""
+    """Promote a version of a project through the gate; a refusal (worse, or its label maps do not fit the schema)
+    is an error with its reason."""
     from annotation_config.schema import load_schema
-    from training.registry import PromotionRefused, Registry
+    from training.registry import PromotionRefused, project_registry
 
-    result = Registry(models_dir).promote(version, force=force, schema=load_schema(schema_path))
+    registry = project_registry(models_dir, resolve_project(models_dir, project))
+    result = registry.promote(version, force=force, schema=load_schema(schema_path))
     if not result.promoted and result.previous != version:
         raise PromotionRefused(f"{version} not promoted: {result.reason}")
     out.print(f"{'promoted' if result.promoted else 'unchanged'}: {result.reason}")
     return 0
 
 
-def models_rollback_command(models_dir: Path = DEFAULT_MODELS_DIR) -> int:
-    """Switch back to the previously promoted version."""
-    from training.registry import Registry
+def models_rollback_command(models_dir: Path = DEFAULT_MODELS_DIR, project: str | None = None) -> int:
+    """Switch a project back to its previously promoted version."""
+    from training.registry import project_registry
 
-    registry = Registry(models_dir)
+    registry = project_registry(models_dir, resolve_project(models_dir, project))
     before = registry.current()
     after = registry.rollback()
     out.print(f"rolled back from {before} to {after}")
     return 0
 
 
-def resolve_model(model: str, models_dir: Path) -> Path:
-    """A model folder from a version, "current", or a path."""
-    from training.registry import Registry
+def resolve_model(model: str, models_dir: Path, project: str | None = None) -> Path:
+    """A model folder from a version or "current" of a project's registry (never outside it), or a folder path."""
+    from training.registry import current_model, project_registry
 
-    registry = Registry(models_dir)
+    name = resolve_project(models_dir, project)
     if model == "current":
-        folder = registry.current_dir()
-        if folder is None:
-            raise CommandError(f"no promoted model in {models_dir}; pass --model VERSION (see `workbench models list`)")
-        return folder
+        promoted = current_model(models_dir, name)
+        if promoted is None:
+            raise CommandError(
+                f"no promoted model for project {name} in {models_dir}; pass --model VERSION "
+                "(see `workbench models list`)"
+            )
+        return promoted[1]
     candidate = Path(model)
     if (candidate / "config.json").exists():
         return candidate
-    return registry.path(model)
+    return project_registry(models_dir, name).path(model)
 
 
 def _looks_like_export(path: Path) -> bool:
@@ -531,9 +576,11 @@ def train(
         raise CommandError(str(error)) from None
     from studio.source import load_tasks
 
-    loaded = load_tasks(from_export, ls_url, project, api_key)
+    # With --from-export, --project names the registry only (the tasks come from the file).
+    loaded = load_tasks(from_export, ls_url, None if from_export is not None else project, api_key)
     code = train_command(
         loaded.tasks,
+        project=project,
         source=loaded.source,
         schema_path=schema,
         models_dir=models,
@@ -570,6 +617,7 @@ def evaluate(
     ] = True,
     schema: SchemaOption = None,
     models: ModelsOption = DEFAULT_MODELS_DIR,
+    project: RegistryProjectOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write report.json and PNG plots here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -598,7 +646,9 @@ def evaluate(
     if model is None:
         raise CommandError("give --model (a version, 'current' or a folder) to evaluate, or --cv K to cross-validate")
     raise typer.Exit(
-        evaluate_command(model, data, schema_path=schema, models_dir=models, out_dir=out_dir, as_json=as_json)
+        evaluate_command(
+            model, data, schema_path=schema, models_dir=models, out_dir=out_dir, as_json=as_json, project=project
+        )
     )
 
 
@@ -608,28 +658,30 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry: list ve
 @models_app.command("list")
 def models_list(
     models: ModelsOption = DEFAULT_MODELS_DIR,
+    project: RegistryProjectOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List model versions (current, previous, candidates) with their test scores."""
-    raise typer.Exit(models_list_command(models, as_json))
+    """List model versions per project (current, previous, candidates) with test scores and the gate's interval."""
+    raise typer.Exit(models_list_command(models, as_json, project))
 
 
 @models_app.command("promote")
 def models_promote(
     version: Annotated[str, typer.Argument(help="The version to serve.")],
     models: ModelsOption = DEFAULT_MODELS_DIR,
+    project: RegistryProjectOption = None,
     force: Annotated[bool, typer.Option("--force", help="Skip the comparison with the current model.")] = False,
     schema: SchemaOption = None,
 ) -> None:
-    """Serve VERSION if its labels fit the schema and it is not worse than the current model on the same held-out
-    examples."""
-    raise typer.Exit(models_promote_command(version, models, force, schema))
+    """Serve VERSION for its project if its labels fit the schema and the gate finds it not worse than what serves
+    on the same held-out examples."""
+    raise typer.Exit(models_promote_command(version, models, force, schema, project))
 
 
 @models_app.command("rollback")
-def models_rollback(models: ModelsOption = DEFAULT_MODELS_DIR) -> None:
-    """Serve the previously promoted version again."""
-    raise typer.Exit(models_rollback_command(models))
+def models_rollback(models: ModelsOption = DEFAULT_MODELS_DIR, project: RegistryProjectOption = None) -> None:
+    """Serve a project's previously promoted version again."""
+    raise typer.Exit(models_rollback_command(models, project))
 
 
 @dataclass(frozen=True)

@@ -206,22 +206,37 @@ def evaluate_predictions(schema: Any, gold: Sequence[Mapping[str, Any]], predict
     unanswered (an abstaining cold start) counts as the schema's "none"-like label, the first of `ABSTAIN_LABELS`
     the dimension has, else as its first label: abstaining is not free.
     """
-    dimensions = [
+    dimensions = schema_dimensions(schema)
+    probs, spans = answer_matrices(dimensions, predictions)
+    return evaluate_outputs(dimensions, list(gold), probs, spans)
+
+
+def schema_dimensions(schema: Any) -> list[dict[str, Any]]:
+    """The schema's dimensions as evaluate_outputs takes them (name, kind, labels, target)."""
+    return [
         {"name": d.name, "kind": d.kind, "labels": list(d.values), "target": {"id": d.target.id, "name": d.target.name}}
         if d.target
         else {"name": d.name, "kind": d.kind, "labels": list(d.values)}
         for d in schema.dimensions
     ]
+
+
+def answer_matrices(
+    dimensions: Sequence[Mapping[str, Any]], predictions: Sequence[Any]
+) -> tuple[dict[str, np.ndarray], dict[str, list[list[Mapping[str, Any]]]]]:
+    """(probabilities, spans) as evaluate_outputs takes them, for predictors' answers (Predictions, or their label
+    dicts): one-hot on each answer, an unanswered single choice as its abstain label (see evaluate_predictions)."""
+    answers = [getattr(p, "labels", p) for p in predictions]
     probs: dict[str, np.ndarray] = {}
     spans: dict[str, list[list[Mapping[str, Any]]]] = {}
     for dim in dimensions:
         name, labels = dim["name"], dim["labels"]
         if dim["kind"] == "spans":
-            spans[name] = [list(p.labels.get(name) or []) for p in predictions]
+            spans[name] = [list(a.get(name) or []) for a in answers]
             continue
-        matrix = np.zeros((len(predictions), len(labels)))
-        for i, prediction in enumerate(predictions):
-            answer = prediction.labels.get(name)
+        matrix = np.zeros((len(answers), len(labels)))
+        for i, given in enumerate(answers):
+            answer = given.get(name)
             if dim["kind"] == "single":
                 if answer not in labels:
                     answer = next((v for v in ABSTAIN_LABELS if v in labels), labels[0])
@@ -231,7 +246,30 @@ def evaluate_predictions(schema: Any, gold: Sequence[Mapping[str, Any]], predict
                     if value in labels:
                         matrix[i, labels.index(value)] = 1.0
         probs[name] = matrix
-    return evaluate_outputs(dimensions, list(gold), probs, spans)
+    return probs, spans
+
+
+def answers_row_counts(
+    dimensions: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], predictions: Sequence[Any]
+):
+    """training.gate.RowCounts of predictors' answers on gold `rows` (the gate's rivals: cold start, instant
+    learner)."""
+    from training.gate import row_counts
+
+    probs, spans = answer_matrices(dimensions, predictions)
+    return row_counts(dimensions, rows, probs, spans)
+
+
+def model_row_counts(model_dir: str | Path, rows: Sequence[Mapping[str, Any]]):
+    """training.gate.RowCounts of a saved model's answers on gold dataset `rows`, with its calibration and
+    thresholds applied (what it serves)."""
+    from training.gate import row_counts
+    from training.predict import TrainedPredictor
+
+    predictor = TrainedPredictor(model_dir)
+    raw = predictor.outputs(list(rows))
+    probs = predictor.probabilities(raw, list(rows))
+    return row_counts(predictor.dimensions, rows, probs, raw.spans, predictor.thresholds)
 
 
 def prior_scores(

@@ -17,7 +17,7 @@ from annotation_config.schema import Schema
 from training.data import AcceptancePolicy, AcceptedData, accept, build_dataset, data_hash, group_column
 from training.distributed import is_main_process, rank
 from training.pairs import fields_of, reading
-from training.registry import MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
+from training.registry import GROUPS_FILE, MANIFEST_FILE, PromotionResult, Registry, write_json_atomic
 from training.training_args import TrainingArguments
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,10 @@ def run_training(
                 for row in outputs[name][0]:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         (folder / "held_out.json").write_text(json.dumps([h.to_dict() for h in accepted.held_out], indent=2) + "\n")
+        # the split groups this version learnt from, so a later gate leaves their rows out (Registry.shared_rows)
+        column = group_column(schema)
+        groups = {"column": column, **{n: sorted({str(r.get(column)) for r in dataset[n]}) for n in dataset}}
+        (folder / GROUPS_FILE).write_text(json.dumps(groups, ensure_ascii=False) + "\n")
         (folder / "training_log.json").write_text(json.dumps(_jsonable(trained.history), indent=2) + "\n")
         timings["save_seconds"] = time.perf_counter() - mark
         timings["total_seconds"] = time.perf_counter() - started

@@ -1,11 +1,14 @@
-"""The model registry: `models/<version>/` folders and a `registry.json` pointer, switched atomically.
+"""The model registries: per project, version folders and a `registry.json` pointer, switched atomically.
 
-Layout:
-  models/registry.json        {"current": version | null, "history": [{"action", "version", "at", ...}, ...]}
-  models/<version>/           weights, tokenizer, label_maps.json, calibration.json, thresholds.json (multi-choice
-                              decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions), prior.npz,
-                              metrics.json, manifest.json, README.md (model card), test.jsonl / validation.jsonl
-                              (held-out rows for the gate)
+Layout: one registry per Label Studio project, so a model trained on one project's labels never serves another.
+  models/projects/<project>/registry.json   {"current": version | null, "history": [{"action", "version", ...}]}
+  models/projects/<project>/<version>/      weights, tokenizer, label_maps.json, calibration.json, thresholds.json
+      (multi-choice decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions), prior.npz,
+      metrics.json, manifest.json, README.md (model card), test.jsonl / validation.jsonl (held-out rows for the
+      gate), groups.json (the split groups it learnt from)
+`<project>` is the Label Studio project id ("1"), or "default" for data that names no project. A models folder of
+the older single-registry layout (registry.json and versions at its top) is moved into this one on first use
+(`migrate_single_registry`): each version goes to the project its manifest's `source` names.
 
 A version folder is written under a hidden temporary name and renamed when complete, and registry.json is replaced
 with os.replace, so a crash never leaves a half-written model or pointer visible. Versions look like
@@ -25,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +40,7 @@ from training.pairs import reading
 
 if TYPE_CHECKING:
     from annotation_config.schema import Schema
+    from training.gate import Comparison, RowCounts
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +57,15 @@ TRASH_PREFIX = ".trash-"  # a version being deleted: renamed to this hidden name
 JOB_TOKEN_ENV = "WORKBENCH_JOB_TOKEN"
 SKIPPED_EXIT_ENV = "WORKBENCH_SKIPPED_EXIT_CODE"
 SKIPPED_EXIT_CODE = 3
-GATE_SPLITS = ("test", "validation")  # the candidate's held-out rows the gate compares on, first non-empty wins
+GATE_SPLITS = ("test", "validation")  # a version's held-out rows for the gate: its first non-empty split
+GROUPS_FILE = "groups.json"  # {"column": group column, "train": [...], "validation": [...]}: what a version saw
+PROJECTS_DIR = "projects"
+DEFAULT_PROJECT = "default"  # the registry of data that names no Label Studio project
+_PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SOURCE_PROJECT = re.compile(r"/projects/(\d+)/?$")  # a manifest's source "<Label Studio URL>/projects/<id>"
 
-# (model folder, rows) -> evaluation report with a "primary" score; the default runs training.evaluation.
-Evaluator = Callable[[Path, Sequence[Mapping[str, Any]]], Mapping[str, Any]]
+# (model folder, gold rows) -> training.gate.RowCounts of the model's answers; the default runs the model.
+Answerer = Callable[[Path, Sequence[Mapping[str, Any]]], "RowCounts"]
 
 
 def _worse_dimensions(report: Mapping[str, Any], rival: Mapping[str, float]) -> str:
@@ -68,6 +78,104 @@ def _worse_dimensions(report: Mapping[str, Any], rival: Mapping[str, float]) -> 
         if mine is not None and theirs is not None and mine < theirs:
             worse.append(f"{name} {mine:.2f} < {theirs:.2f}")
     return ", ".join(worse)
+
+
+def project_id(project: object) -> str:
+    """The registry name of a project: Label Studio's id ("3" from 3, "3" or "3.1700000000"), DEFAULT_PROJECT for
+    None; RegistryError for anything that could name a path outside the models folder."""
+    if project is None or str(project).strip() == "":
+        return DEFAULT_PROJECT
+    value = str(project).strip().split(".")[0]
+    if not _PROJECT_ID.match(value):
+        raise RegistryError(f"{project!r} is not a project id (digits, letters, '-' or '_')")
+    return value
+
+
+def project_dir(models_dir: str | os.PathLike, project: object) -> Path:
+    """The registry folder of one project inside a models folder."""
+    return Path(models_dir) / PROJECTS_DIR / project_id(project)
+
+
+def project_registry(models_dir: str | os.PathLike, project: object) -> Registry:
+    """The registry of one project (an older single registry in `models_dir` is migrated first)."""
+    migrate_single_registry(models_dir)
+    return Registry(project_dir(models_dir, project))
+
+
+def projects(models_dir: str | os.PathLike) -> list[str]:
+    """The projects with a registry folder in `models_dir`, sorted (numbers by value)."""
+    root = Path(models_dir) / PROJECTS_DIR
+    if not root.is_dir():
+        return []
+    names = [p.name for p in root.iterdir() if p.is_dir() and _PROJECT_ID.match(p.name)]
+    return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+
+
+def source_project(manifest: Mapping[str, Any]) -> str:
+    """The project a version was trained for, from its manifest's `source` (a Label Studio project URL), else
+    DEFAULT_PROJECT (an export file)."""
+    match = _SOURCE_PROJECT.search(str(manifest.get("source") or ""))
+    return match.group(1) if match else DEFAULT_PROJECT
+
+
+def migrate_single_registry(models_dir: str | os.PathLike) -> dict[str, str]:
+    """Move an older single registry (registry.json and version folders at the top of `models_dir`) into per-project
+    registries; returns {version: project} of what moved ({} when there was nothing to do).
+
+    Each version goes to the project its manifest's `source` names; the pointer and the history go with the
+    versions they name. Safe to repeat after a crash: folders already moved are found where they went, and the old
+    registry.json is renamed to registry.json.migrated only at the end.
+    """
+    root = Path(models_dir)
+    legacy_pointer = root / REGISTRY_FILE
+    if not root.is_dir():
+        return {}
+    legacy_versions = [p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()]
+    if not legacy_pointer.exists() and not legacy_versions:
+        return {}
+    with open(root / ".registry.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _migrate_locked(root)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _migrate_locked(root: Path) -> dict[str, str]:
+    legacy = Registry(root)
+    data = legacy.read() if (root / REGISTRY_FILE).exists() else {"current": None, "history": []}
+    where: dict[str, str] = {}
+    for folder in [p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()]:
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}
+        project = source_project(manifest)
+        target = project_dir(root, project)
+        target.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, target / folder.name)
+        where[folder.name] = project
+    for name in projects(root):  # versions moved by an earlier, interrupted migration
+        for folder in project_dir(root, name).iterdir():
+            if folder.is_dir():
+                where.setdefault(folder.name, name)
+    per_project: dict[str, dict[str, Any]] = {}
+    for entry in data["history"]:
+        project = where.get(str(entry.get("version")))
+        if project is not None:
+            per_project.setdefault(project, {"current": None, "history": []})["history"].append(entry)
+    if data["current"] in where:
+        per_project.setdefault(where[data["current"]], {"current": None, "history": []})["current"] = data["current"]
+    for project, content in per_project.items():
+        pointer = project_dir(root, project) / REGISTRY_FILE
+        if pointer.exists():  # written by an interrupted migration, or trained into since: keep what it says
+            continue
+        write_json_atomic(pointer, content)
+    if (root / REGISTRY_FILE).exists():
+        os.replace(root / REGISTRY_FILE, root / f"{REGISTRY_FILE}.migrated")
+    if where:
+        log.warning("moved %d model version(s) into per-project registries under %s", len(where), root / PROJECTS_DIR)
+    return where
 
 
 class RegistryError(WorkbenchError, ValueError):
@@ -93,6 +201,7 @@ class PromotionResult:
     candidate_score: float | None = None
     current_score: float | None = None
     split: str | None = None
+    comparison: dict[str, Any] | None = None  # training.gate.Comparison: the paired bootstrap behind the decision
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record."""
@@ -213,8 +322,15 @@ class Registry:
             return {"current": None, "history": []}
         except (OSError, ValueError) as error:
             raise RegistryError(f"{path}: unreadable registry ({error}); restore it or remove it") from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"{path}: not a registry (expected an object with 'current' and 'history')")
         data.setdefault("current", None)
         data.setdefault("history", [])
+        current, history = data["current"], data["history"]
+        if not (current is None or isinstance(current, str)) or not isinstance(history, list):
+            raise RegistryError(f"{path}: 'current' must be a version or null and 'history' a list; restore it")
+        if not all(isinstance(entry, dict) for entry in history):
+            raise RegistryError(f"{path}: every 'history' entry must be an object; restore the file")
         return data
 
     def current(self) -> str | None:
@@ -269,7 +385,9 @@ class Registry:
         """Every version with its data hash, creation time, test score and status (current/previous/candidate)."""
         current = self.current()
         stack = self.stack()
-        promoted_ever = {e["version"] for e in self.read()["history"] if e.get("action") == "promote"}
+        history = self.read()["history"]
+        promoted_ever = {e["version"] for e in history if e.get("action") == "promote"}
+        decided = {e["version"]: e for e in history if e.get("action") in ("promote", "refused")}  # the latest
         out = []
         for version in self.versions():
             try:
@@ -288,6 +406,7 @@ class Registry:
                     "schema_hash": manifest.get("schema_hash"),
                     "examples": manifest.get("examples"),
                     "primary": (manifest.get("scores") or {}).get("test"),
+                    "gate": _gate_summary(decided.get(version)),
                 }
             )
         return out
@@ -360,19 +479,19 @@ class Registry:
         self,
         version: str,
         force: bool = False,
-        evaluate: Evaluator | None = None,
-        tolerance: float = 0.0,
+        answer: Answerer | None = None,
         *,
         schema: Schema | None = None,
         job_token: str | os.PathLike | None = None,
     ) -> PromotionResult:
-        """Make `version` current if it is not worse than the current model on the candidate's held-out rows.
+        """Make `version` current unless the gate finds it worse than what serves, on evidence.
 
-        Both models are scored with the same primary metric on the same rows (the candidate's test split, or its
-        validation split when the test split is empty). A refusal is recorded in the history and returned with
-        its reason; `force=True` skips the comparison. With `schema`, a model whose label maps do not fit it is
-        refused, forced or not (it could not serve). With `job_token` (a backend job), the promotion happens only
-        if this call claims the token: a job the backend gave up on never promotes.
+        The gate (see `_gate`) scores the candidate and what serves on the same held-out rows, with a paired
+        bootstrap (training/gate.py): it refuses only when the candidate is worse with 90% confidence, and a
+        candidate with no held-out rows at all is refused (it would serve unchecked). A decision is recorded in
+        the history with its reason and interval; `force=True` skips the comparison. With `schema`, a model whose
+        label maps do not fit it is refused, forced or not (it could not serve). With `job_token` (a backend job),
+        the promotion happens only if this call claims the token: a job the backend gave up on never promotes.
         """
         folder = self.path(version)
         with self._locked() as data:
@@ -385,7 +504,7 @@ class Registry:
             if problem is not None:
                 result = PromotionResult(False, version, current, problem)
             else:
-                result = self._gate(version, folder, current, force, evaluate or _default_evaluator, tolerance)
+                result = self._gate(version, folder, current, force, answer or _default_answerer)
             # Claimed last, under the lock and after the slow gate, so a give-up during the gate still wins.
             if result.promoted and job_token is not None and not claim_job_token(job_token):
                 reason = "the backend gave up on this training job (timed out or shutting down)"
@@ -400,18 +519,18 @@ class Registry:
                 entry["candidate_score"] = result.candidate_score
             if result.current_score is not None:
                 entry["current_score"] = result.current_score
+            if result.comparison is not None:
+                entry["comparison"] = result.comparison
             data["history"].append(entry)
             if result.promoted:
                 data["current"] = version
             return result
 
-    def _gate(
-        self, version: str, folder: Path, current: str | None, force: bool, evaluate: Evaluator, tolerance: float
-    ) -> PromotionResult:
-        if current is None:
-            return self._against_instant_learner(version, force)
+    def _gate(self, version: str, folder: Path, current: str | None, force: bool, answer: Answerer) -> PromotionResult:
         if force:
-            return PromotionResult(True, version, current, f"forced over {current}")
+            return PromotionResult(True, version, current, f"forced over {current}" if current else "forced")
+        if current is None:
+            return self._against_rivals(version, folder, answer)
         if not (self.root / current / MANIFEST_FILE).exists():
             return PromotionResult(True, version, current, f"the current model folder {current} is missing")
         candidate, serving = self.manifest(version), self.manifest(current)
@@ -423,67 +542,97 @@ class Registry:
                 f"the schema changed ({serving.get('schema_hash')} -> "
                 f"{candidate.get('schema_hash')}): the current model cannot answer it",
             )
-        for split in GATE_SPLITS:
-            rows = read_rows(folder / f"{split}.jsonl")
-            if rows:
-                break
-        else:
-            return PromotionResult(
-                False,
-                version,
-                current,
-                "no held-out examples to compare on (too little data for a test split); "
-                "promote with --force if you checked the model",
+        rows = self.shared_rows(version, current)
+        if not rows:
+            reason = (
+                f"no held-out rows that neither {version} nor {current} learnt from, so nothing shows it is not "
+                "worse; label more tasks, or promote with --force if you checked the model"
             )
-        candidate_score = (self.metrics(version).get(split) or {}).get("primary")
-        if candidate_score is None:
-            candidate_score = evaluate(folder, rows).get("primary")
-        current_score = evaluate(self.root / current, rows).get("primary")
-        where = f"on the candidate's {split} split (n={len(rows)})"
-        if candidate_score is None:
-            return PromotionResult(
-                False, version, current, f"the candidate has no score {where}", None, current_score, split
-            )
-        if current_score is None or candidate_score + tolerance >= current_score:
-            shown = "n/a" if current_score is None else f"{current_score:.4f}"
-            reason = f"not worse than {current}: {candidate_score:.4f} vs {shown} {where}"
-            return PromotionResult(True, version, current, reason, candidate_score, current_score, split)
-        reason = (
-            f"worse than the current model {current}: {candidate_score:.4f} < {current_score:.4f} "
-            f"(mean macro-F1) {where}; use --force to promote anyway"
-        )
-        return PromotionResult(False, version, current, reason, candidate_score, current_score, split)
+            return PromotionResult(False, version, current, reason)
+        from training.gate import paired_bootstrap
 
-    def _against_instant_learner(self, version: str, force: bool) -> PromotionResult:
-        """The first fine-tuned model replaces what serves before it (the cold start, then the instant learner) only
-        if it scores at least as well as each on the same held-out rows (metrics.json's "rivals", written by the
-        training run; "instant_learner" in models from before 2026-12-02)."""
+        comparison = paired_bootstrap(answer(folder, rows), answer(self.root / current, rows))
+        where = "on the held-out rows of both versions"
+        return self._decide(version, current, comparison, f"the current model {current}", where, "shared")
+
+    def _decide(
+        self, version: str, current: str | None, comparison: Comparison, rival: str, where: str, split: str
+    ) -> PromotionResult:
+        """Promote unless the comparison shows the candidate worse with GATE_CONFIDENCE."""
+        scores = (comparison.candidate, comparison.current, split, comparison.to_dict())
+        if comparison.refused:
+            reason = f"worse than {rival} {where}: {comparison.describe()}; use --force to promote anyway"
+            return PromotionResult(False, version, current, reason, *scores)
+        reason = f"not worse than {rival} {where}: {comparison.describe()}"
+        return PromotionResult(True, version, current, reason, *scores)
+
+    def held_out_rows(self, version: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """(split, rows) of a version's held-out rows for the gate: its first non-empty split of GATE_SPLITS."""
+        for split in GATE_SPLITS:
+            rows = read_rows(self.root / version / f"{split}.jsonl")
+            if rows:
+                return split, rows
+        return None, []
+
+    def shared_rows(self, version: str, current: str) -> list[dict[str, Any]]:
+        """The gate's rows for a candidate against the current model: both versions' held-out rows, without the
+        rows of any split group either of them learnt from (train or validation), each row once."""
+        seen: set[str] = set()
+        columns: set[str] = set()
+        for name in (version, current):
+            groups = _read_groups(self.root / name)
+            if groups is not None:
+                columns.add(groups["column"])
+                seen |= {str(g) for g in [*groups.get("train", []), *groups.get("validation", [])]}
+        rows: dict[str, dict[str, Any]] = {}
+        for name in (version, current):
+            for row in self.held_out_rows(name)[1]:
+                if any(str(row.get(column)) in seen for column in columns if row.get(column) is not None):
+                    continue
+                rows.setdefault(str(row.get("key")), row)
+        return list(rows.values())
+
+    def _against_rivals(self, version: str, folder: Path, answer: Answerer) -> PromotionResult:
+        """The first fine-tuned model replaces what serves before it (the cold start, then the instant learner) unless
+        it is worse than one of them on its held-out rows, where the training run recorded their answers
+        (metrics.json "rivals"). A candidate without held-out rows is refused: it would serve unchecked."""
+        split, rows = self.held_out_rows(version)
+        if not rows:
+            reason = (
+                "no held-out rows to test it on (too few labelled tasks, or too few groups, for a test split), so it "
+                "would serve unchecked; label more tasks, or promote with --force if you checked the model"
+            )
+            return PromotionResult(False, version, None, reason)
         metrics = self.metrics(version)
-        rivals = metrics.get("rivals") or {}
-        if not rivals and metrics.get("instant_learner"):
-            rivals = {"instant_learner": metrics["instant_learner"]}
-        scored = {name: r for name, r in rivals.items() if r and r.get("primary") is not None}
-        if not scored:
-            return PromotionResult(True, version, None, "first promoted model", metrics.get("test", {}).get("primary"))
-        name, best = max(scored.items(), key=lambda item: item[1]["primary"])
-        rival_score, split = best["primary"], best.get("split", "test")
-        candidate_score = (metrics.get(split) or {}).get("primary")
-        if force or candidate_score is None:
-            return PromotionResult(True, version, None, "first promoted model", candidate_score, rival_score, split)
-        where = f"on the candidate's {split} split (n={best.get('n')})"
+        rivals = {
+            name: rival
+            for name, rival in (metrics.get("rivals") or {}).items()
+            if rival and len(rival.get("answers") or []) == len(rows)
+        }
+        if not rivals:
+            score = (metrics.get(split) or {}).get("primary")
+            reason = f"first promoted model; no rival was scored on its {split} split (n={len(rows)})"
+            return PromotionResult(True, version, None, reason, score, None, split)
+        from training.evaluation import answers_row_counts
+        from training.gate import paired_bootstrap
+
+        dimensions = self.manifest(version).get("dimensions") or []
+        mine = answer(folder, rows)
         shown = {"cold_start": "the cold start", "instant_learner": "the instant learner"}
-        others = ", ".join(f"{shown.get(n, n)} {r['primary']:.4f}" for n, r in scored.items())
-        if candidate_score >= rival_score:
-            reason = f"first promoted model; beats what serves before it: {candidate_score:.4f} vs {others} {where}"
-            return PromotionResult(True, version, None, reason, candidate_score, rival_score, split)
-        worse = _worse_dimensions(metrics.get(split) or {}, best.get("dimensions") or {})
-        reason = (
-            f"worse than {shown.get(name, name)}, which keeps serving: {candidate_score:.4f} < {rival_score:.4f} "
-            f"(mean macro-F1; {others}) {where}"
-            + (f"; worse on {worse}" if worse else "")
-            + "; use --force to promote anyway"
-        )
-        return PromotionResult(False, version, None, reason, candidate_score, rival_score, split)
+        where = f"on its {split} split"
+        results = []
+        for name, rival in rivals.items():
+            comparison = paired_bootstrap(mine, answers_row_counts(dimensions, rows, rival["answers"]))
+            result = self._decide(version, None, comparison, shown.get(name, name), where, split)
+            if not result.promoted:
+                worse = _worse_dimensions(metrics.get(split) or {}, rival.get("dimensions") or {})
+                if worse:
+                    result.reason = result.reason.replace("; use --force", f"; worse on {worse}; use --force")
+                return result
+            results.append(result)
+        best = max(results, key=lambda r: r.current_score if r.current_score is not None else -1.0)
+        best.reason = "first promoted model; " + best.reason
+        return best
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current or the previous one; returns what went.
@@ -546,29 +695,51 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _default_evaluator(folder: Path, rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    from training.evaluation import evaluate_model
+def _gate_summary(entry: Mapping[str, Any] | None) -> str | None:
+    """The gate's last word on a version, for `models list`: the difference and its 90% interval, or the reason."""
+    if not entry:
+        return None
+    comparison = entry.get("comparison") or {}
+    if comparison.get("difference") is not None:
+        return (
+            f"{comparison['difference']:+.3f} [{comparison['low']:+.3f}, {comparison['high']:+.3f}] "
+            f"n={comparison['n']}"
+        )
+    return str(entry.get("reason") or "")[:60] or None
 
-    return evaluate_model(folder, rows)
+
+def _read_groups(folder: Path) -> dict[str, Any] | None:
+    """A version's groups.json (None for versions from before it was written, or unreadable)."""
+    try:
+        groups = json.loads((folder / GROUPS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return groups if isinstance(groups, dict) and isinstance(groups.get("column"), str) else None
+
+
+def _default_answerer(folder: Path, rows: Sequence[Mapping[str, Any]]) -> RowCounts:
+    from training.evaluation import model_row_counts
+
+    return model_row_counts(folder, rows)
 
 
 # ---- module-level helpers for the backend and the command line ----
 
 
-def current_model(models_dir: str | os.PathLike) -> tuple[str, Path] | None:
-    """(version, folder) of the promoted model, or None."""
-    registry = Registry(models_dir)
+def current_model(models_dir: str | os.PathLike, project: object = None) -> tuple[str, Path] | None:
+    """(version, folder) of a project's promoted model, or None."""
+    registry = project_registry(models_dir, project)
     version = registry.current()
     # Through path(): a hand-edited pointer ("../elsewhere") can never make the backend load outside the registry.
     return (version, registry.path(version)) if version else None
 
 
-def serving_candidates(models_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """(version, folder) of every version the backend may fall back to, best first (see `fallback_versions`)."""
-    registry = Registry(models_dir)
+def serving_candidates(models_dir: str | os.PathLike, project: object = None) -> list[tuple[str, Path]]:
+    """(version, folder) of every version of a project the backend may fall back to, best first."""
+    registry = project_registry(models_dir, project)
     return [(version, registry.root / version) for version in registry.fallback_versions()]
 
 
-def list_versions(models_dir: str | os.PathLike) -> list[str]:
-    """All complete versions, oldest first."""
-    return Registry(models_dir).versions()
+def list_versions(models_dir: str | os.PathLike, project: object = None) -> list[str]:
+    """All complete versions of a project, oldest first."""
+    return project_registry(models_dir, project).versions()
