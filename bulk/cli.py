@@ -55,7 +55,8 @@ def predict(
             "--models",
             "--models-dir",
             envvar="WORKBENCH_MODELS_DIR",
-            help="Model registry folder: its promoted model runs, as the backend serves it (default: models).",
+            help="Model registry folder: the promoted model of --project (else of data naming no project) runs, as "
+            "the backend serves it (default: models).",
             show_default=False,
         ),
     ] = None,

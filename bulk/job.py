@@ -116,7 +116,7 @@ def run_predict(
     output_columns(schema)
     found = probe_path(options.source, schema) if options.source is not None else None
     settings = settings_for(options.models_dir, options.cpus_per_actor)
-    choice = choose_model(settings, schema, cold_start=options.cold_start)
+    choice = choose_model(settings, schema, cold_start=options.cold_start, project=options.project)
     echo(f"model: {choice.describe()}")
     folder = OutputFolder.open(options.out, schema, choice.version)
     try:

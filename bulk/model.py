@@ -1,7 +1,7 @@
 """Which model `workbench predict` runs, decided once in the driver, and how each actor loads it.
 
-The rung is the one the backend would serve: the promoted model of the models folder when its label maps fit the
-schema (else, like backend/holder.py, the best other version that fits), otherwise the cold start. Actors build it
+The rung is the one the backend would serve the project: the promoted model of the project's registry in the models
+folder (that of data naming no project without --project) when its label maps fit the schema (else, like backend/holder.py, the best other version that fits), otherwise the cold start. Actors build it
 with the backend's own factories (backend.app.default_predictors), so a bulk prediction and a /predict answer of
 the same model_version are the same prediction.
 """
@@ -46,24 +46,28 @@ def cold_start_version(schema: Schema) -> str:
     return f"cold-start-{schema.hash}"
 
 
-def choose_model(settings: Settings, schema: Schema, *, cold_start: bool = False) -> ModelChoice:
-    """The rung the backend would serve from `settings.models_dir` (torch-free: reads the registry files only)."""
+def choose_model(
+    settings: Settings, schema: Schema, *, cold_start: bool = False, project: int | str | None = None
+) -> ModelChoice:
+    """The rung the backend would serve `project` from `settings.models_dir` (torch-free: reads registry files)."""
     from training import registry
 
     if cold_start:
         return ModelChoice("cold-start", cold_start_version(schema), note="--cold-start")
     models_dir = settings.models_dir
     try:
-        promoted = registry.current_model(models_dir)
+        promoted = registry.current_model(models_dir, project)
     except Exception as error:  # a pointer to a missing or foreign folder: the backend would not serve it either
         raise ModelError(f"{models_dir}: cannot read the registry ({error}); fix it or pass --cold-start") from None
+    name = registry.project_id(project)
     if promoted is None:
-        return ModelChoice("cold-start", cold_start_version(schema), note=f"no promoted model in {models_dir}")
+        note = f"no promoted model for project {name} in {models_dir}"
+        return ModelChoice("cold-start", cold_start_version(schema), note=note)
     version, folder = promoted
     problem = registry.model_problem(folder, schema, version)
     if problem is None:
         return ModelChoice("trained", version, folder)
-    for candidate, candidate_folder in registry.serving_candidates(models_dir):
+    for candidate, candidate_folder in registry.serving_candidates(models_dir, project):
         if candidate != version and registry.model_problem(candidate_folder, schema, candidate) is None:
             return ModelChoice("trained", candidate, candidate_folder, note=f"{problem}; the backend serves this one")
     raise ModelError(f"{problem}, and no other version fits: train for this schema or pass --cold-start")

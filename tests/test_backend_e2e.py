@@ -50,7 +50,8 @@ def test_label_studio_stores_backend_predictions_for_every_dimension(
 ):
     record_dir = tmp_path / "recorded"
     settings = Settings(models_dir=tmp_path / "models", record_dir=record_dir)
-    app = create_app(settings, predictors=(lambda: cold_start_predictor, None), registry=(lambda project: None, lambda project: []))
+    no_registry = (lambda project: None, lambda project: [])
+    app = create_app(settings, predictors=(lambda: cold_start_predictor, None), registry=no_registry)
     version = cold_start_predictor.model_version
     with ServerThread(app) as backend:
         result = provision(ls_client, schema, sample_tasks, "Backend e2e", label_studio.url)

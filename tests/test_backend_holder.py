@@ -19,19 +19,21 @@ from tests.test_reliability_support import wait_for
 from tests.test_training_pipeline import TINY, synthetic_export
 from training.pipeline import run_training
 from training.predict import TrainedPredictor
-from training.registry import Registry
+from training.registry import Registry, project_dir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def two_models(schema, tmp_path_factory):
-    """A registry with two trained versions; the second one is current."""
+    """A models folder with two trained versions in the registry of requests that name no project; the second one
+    is current."""
     models = tmp_path_factory.mktemp("models")
+    root = project_dir(models, None)
     # the first without the probe stage: on these few synthetic rows two probed models answer nearly alike, and the
     # version-mixing test needs two models that answer every text differently
-    first = run_training(synthetic_export(12), schema, models, replace(TINY, probe_epochs=0))
-    second = run_training(synthetic_export(16), schema, models, TINY, force=True)
+    first = run_training(synthetic_export(12), schema, root, replace(TINY, probe_epochs=0))
+    second = run_training(synthetic_export(16), schema, root, TINY, force=True)
     assert first.promoted and second.promoted
     return models, first.version, second.version
 
@@ -40,9 +42,10 @@ def test_swap_broken_model_and_rollback(two_models, cold_start_predictor, tmp_pa
     source, first, second = two_models
     models = tmp_path / "models"
     shutil.copytree(source, models)
-    registry = Registry(models)
+    root = project_dir(models, None)
+    registry = Registry(root)
     registry.rollback()  # serve the first version to begin with
-    current, _ = registry_link(models)
+    current = _current(models)
     holder = ModelHolder(lambda: cold_start_predictor, current, lambda v, folder: TrainedPredictor(folder))
     assert holder.current.model_version == first and holder.current.kind == "trained"
 
@@ -53,17 +56,23 @@ def test_swap_broken_model_and_rollback(two_models, cold_start_predictor, tmp_pa
     tasks = [{"text": "Moscow calls the warnings propaganda."}]
     assert serving_first.predict(tasks)[0].labels  # the old model still answers the request that began on it
 
-    (models / first / "model.safetensors").write_bytes(b"corrupt")  # a promoted model that cannot load
+    (root / first / "model.safetensors").write_bytes(b"corrupt")  # a promoted model that cannot load
     registry.rollback()
     assert holder.refresh() is False
     assert holder.current.model_version == second
     assert f"model {first} failed to load" in holder.last_error
 
     registry.promote(second, force=True)  # pointer back on the good model: the error clears on the next change
-    shutil.rmtree(models / first)
-    (models / "registry.json").write_text('{"current": null, "history": []}')
+    shutil.rmtree(root / first)
+    (root / "registry.json").write_text('{"current": null, "history": []}')
     assert holder.refresh() is True
     assert holder.current is cold_start_predictor
+
+
+def _current(models):
+    """The promoted model of the registry of requests that name no project, as the backend reads it."""
+    current, _ = registry_link(models)
+    return lambda: current("default")
 
 
 class SlowPredictor:
@@ -100,7 +109,7 @@ def test_health_reports_trained_model_and_requests_never_mix_versions(two_models
     datas = [{"text": text} for text in texts]
     own = {}
     for version in (first, second):
-        predictions = TrainedPredictor(models / version).predict(datas)
+        predictions = TrainedPredictor(project_dir(models, None) / version).predict(datas)
         own[version] = [p.to_label_studio(schema, d, version) for p, d in zip(predictions, datas, strict=True)]
     # the two models answer every text differently, so a response that mixed them cannot pass for either
     assert not any(same_answer(a, b, 1e-2) for a, b in zip(own[first], own[second], strict=True))
@@ -135,7 +144,7 @@ def test_health_reports_trained_model_and_requests_never_mix_versions(two_models
         for thread in threads:
             thread.start()
         try:
-            registry = Registry(models)
+            registry = Registry(project_dir(models, None))
             for _ in range(4):  # eight swaps, each while three requests are in flight
                 serves(second)
                 registry.rollback()
@@ -153,7 +162,7 @@ def test_health_reports_trained_model_and_requests_never_mix_versions(two_models
 
 def break_labels(models, version) -> list[str]:
     """Make a version's label maps disagree with the sample schema (its weights still load); returns the labels."""
-    path = models / version / "label_maps.json"
+    path = project_dir(models, None) / version / "label_maps.json"
     maps = json.loads(path.read_text())
     maps["frames"]["id2label"] = {"0": "Economic", "1": "Other"}
     path.write_text(json.dumps(maps))
@@ -166,9 +175,9 @@ def test_a_promoted_model_that_does_not_fit_the_schema_is_refused_and_the_old_on
     source, first, second = two_models
     models = tmp_path / "models"
     shutil.copytree(source, models)
-    registry = Registry(models)
+    registry = Registry(project_dir(models, None))
     registry.rollback()
-    current, _ = registry_link(models)
+    current = _current(models)
     holder = ModelHolder(
         lambda: cold_start_predictor, current, lambda v, folder: TrainedPredictor(folder), schema=schema
     )
@@ -192,10 +201,11 @@ def test_after_a_restart_the_best_version_that_loads_and_fits_serves_rather_than
         app = create_app(Settings(models_dir=models, reload_interval=60, train_warm=False), predictors=predictors)
         return TestClient(app).get("/health").json()
 
+    corrupt = b"corrupt"
     for name, spoil in {
-        "corrupt": lambda models: (models / second / "model.safetensors").write_bytes(b"corrupt"),
+        "corrupt": lambda models: (project_dir(models, None) / second / "model.safetensors").write_bytes(corrupt),
         "incompatible": lambda models: break_labels(models, second),
-        "missing": lambda models: shutil.rmtree(models / second),
+        "missing": lambda models: shutil.rmtree(project_dir(models, None) / second),
     }.items():
         models = tmp_path / name
         shutil.copytree(source, models)
@@ -204,6 +214,7 @@ def test_after_a_restart_the_best_version_that_loads_and_fits_serves_rather_than
         assert (health["model_kind"], health["model_version"]) == ("trained", first), (name, health)
         assert f"serving {first} instead" in health["last_reload_error"], (name, health)
         assert second in health["last_reload_error"], (name, health)
-    (models / first / "model.safetensors").write_bytes(b"corrupt")  # now nothing trained loads: the cold start says so
+    # now nothing trained loads: the cold start says so
+    (project_dir(models, None) / first / "model.safetensors").write_bytes(b"corrupt")
     health = restart(models)
     assert health["model_kind"] == "cold-start" and "no other version loads and fits" in health["last_reload_error"]
