@@ -50,6 +50,7 @@ from typing import Any
 
 from annotation_config.annotations import annotator_of, derived_key, is_cancelled, is_ground_truth
 from annotation_config.errors import WorkbenchError
+from annotation_config.jsonl import jsonl_lines
 from annotation_config.regions import RegionError, labels_to_results, results_to_labels
 from annotation_config.schema import Dimension, Schema
 from studio.provision import call, find_project, provision, task_data
@@ -268,6 +269,12 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str, limit: int)
     if bad:
         raise ImportFileError(f"{path}:1: the header is {bad}; save the file as UTF-8")
     header = [h.strip() for h in header]
+    # zip() into a dict would keep only the last of two same-named columns: a silent loss of the first
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise ImportFileError(
+            f"{path}:1: the header names {', '.join(map(repr, repeated))} more than once; give each column one name"
+        )
     columns = set(header)
     _check_columns(parsed, columns, schema)
     rows: list[tuple[str, dict[str, Any] | Problem]] = []
@@ -284,9 +291,7 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str, limit: int)
 
 def _read_json_lines(path: Path, text: str, schema: Schema, limit: int) -> ParsedFile:
     items: list[tuple[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         where = f"line {number}"
         bad = _bad_bytes(line)
         if bad:

@@ -408,3 +408,20 @@ def test_without_an_instant_learner_score_the_first_model_is_promoted(tmp_path):
     registry = Registry(tmp_path)
     version = add_version(registry, "20261202T000000-bbbbbbbb", 0.1)
     assert registry.promote(version, evaluate=fake_evaluator).promoted
+
+
+def test_held_out_texts_with_unicode_line_separators_are_one_row_each(tmp_path):
+    """U+2028, U+2029 and U+0085 end lines for str.splitlines but not in JSON lines: the gate reads such rows whole."""
+    from training.registry import read_rows
+
+    registry = Registry(tmp_path)
+    promote(registry, add_version(registry, "20260101T000000-aaaa0001", 0.7))
+    version = add_version(registry, "20260102T000000-bbbb0002", 0.8)
+    texts = ["one\u2028two", "three\u2029four", "five\x85six"]
+    rows = [{"key": f"k{i}", "text": text} for i, text in enumerate(texts)]
+    # the pipeline writes held-out rows with ensure_ascii=False: the separators land in the file as they are
+    (tmp_path / version / "test.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
+    assert read_rows(tmp_path / version / "test.jsonl") == rows
+    assert promote(registry, version).promoted  # before: a JSONDecodeError in every later gated promotion
