@@ -811,20 +811,26 @@ def _not_yet_written(client: Any, schema: Schema, task: TaskIn, old: Any, as_pre
     """The file's labels of `task` that the project's task `old` lacks, when each label it holds is one of the
     file's (an earlier import of the file stopped part way); [] when it holds labels from anywhere else.
 
-    Labels are matched on their answers and cancelled flag, the first match in file order: an interrupted import
-    wrote a task's labels from the first on, so what is left is the rest.
+    Labels are matched on their answers (cancelled ones on their number: Label Studio does not list them), the
+    first match in file order: an interrupted import wrote a task's labels from the first on, so what is left is
+    the rest.
     """
     wanted = [a for a in task.annotations if not (as_predictions and a.was_cancelled)]
     if as_predictions:
         stored = call(lambda: list(client.predictions.list(task=old.id)), f"list predictions of task {task.key!r}")
-        held = [
-            _answer(schema, p.result, old.data, False) if p.model_version == MODEL_VERSION else None for p in stored
-        ]
+        held = [_answer(schema, p.result, old.data) if p.model_version == MODEL_VERSION else None for p in stored]
     else:
         stored = call(lambda: list(client.annotations.list(id=old.id)), f"list annotations of task {task.key!r}")
-        held = [_answer(schema, a.result, old.data, bool(a.was_cancelled)) for a in stored]
+        held = [_answer(schema, a.result, old.data) for a in stored if not a.was_cancelled]
+        held += [_CANCELLED] * (old.cancelled_annotations or 0)
     left = [
-        (a, _answer(schema, labels_to_results(schema, a.labels, task.data), task.data, a.was_cancelled)) for a in wanted
+        (
+            a,
+            _CANCELLED
+            if a.was_cancelled
+            else _answer(schema, labels_to_results(schema, a.labels, task.data), task.data),
+        )
+        for a in wanted
     ]
     for answer in held:
         match = next((i for i, (_, other) in enumerate(left) if answer is not None and other == answer), None)
@@ -834,13 +840,16 @@ def _not_yet_written(client: Any, schema: Schema, task: TaskIn, old: Any, as_pre
     return [a for a, _ in left]
 
 
-def _answer(schema: Schema, results: Any, data: Mapping[str, Any], cancelled: bool) -> str | None:
+_CANCELLED = "cancelled"  # a cancelled annotation's answer: a skip carries no labels
+
+
+def _answer(schema: Schema, results: Any, data: Mapping[str, Any]) -> str | None:
     """A label as Label Studio holds it, comparable across the file and the project (None: it does not fit)."""
     try:
         labels = results_to_labels(schema, results or [], data)
     except RegionError:
         return None
-    return json.dumps([labels, cancelled], sort_keys=True, ensure_ascii=False)
+    return json.dumps(labels, sort_keys=True, ensure_ascii=False)
 
 
 def _write_labels(
