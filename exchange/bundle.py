@@ -10,7 +10,10 @@ from training.data import AcceptedData
 
 AGGREGATED, RAW = "aggregated", "raw"
 RAW_SPLIT = "train"
-MARKER_TAG = "stance-workbench"  # a folder whose card carries this tag is a previous export we may replace
+MARKER_TAG = "stance-workbench"  # the dataset card's tag on the Hub
+# The file every export writes last: only a folder holding it may be replaced by another export. Not the card's tag,
+# which model cards carry too (an export with --out models/<version> deleted the promoted model).
+EXPORT_MARKER = ".workbench-export"
 
 
 @dataclass

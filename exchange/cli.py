@@ -212,6 +212,8 @@ def import_command(
             + (" ..." if len(result.conflicts) > 10 else "")
         )
     labelled = f", labelled {result.tasks_labelled} tasks already there" if result.tasks_labelled else ""
+    if result.tasks_completed:
+        labelled += f", completed {result.tasks_completed} tasks an earlier import left part-labelled"
     out.print(
         f"project {result.project_id} ({state}): imported {result.tasks_imported} tasks{labelled}; created {made}; "
         f"skipped {result.tasks_skipped} tasks already there, {len(parsed.duplicates)} duplicate rows, "

@@ -21,7 +21,8 @@ id). The salt comes from `salt` (`--salt`) or WORKBENCH_EXPORT_SALT; without one
 export and thrown away, so pseudonyms are stable within one export only. Pass the same salt to link exports.
 
 Writing is atomic: the folder is built in a temporary sibling of DIR and renamed into place only when complete;
-an existing DIR is replaced only if it is empty or holds a previous export of this tool.
+an existing DIR is replaced only if it is empty or holds a previous export of this tool (its `.workbench-export`
+marker, written last). A write that fails (a full disk) is one line and leaves DIR as it was.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from annotation_config.annotations import annotator_of, is_cancelled, is_ground_
 from annotation_config.errors import WorkbenchError
 from annotation_config.regions import RegionError, results_to_labels
 from annotation_config.schema import Dimension, Schema
-from exchange.bundle import AGGREGATED, MARKER_TAG, RAW, RAW_SPLIT, ExportBundle
+from exchange.bundle import AGGREGATED, EXPORT_MARKER, RAW, RAW_SPLIT, ExportBundle
 from exchange.importer import (
     ANNOTATOR,
     CREATED_AT,
@@ -325,10 +326,10 @@ def write_export(bundle: ExportBundle, schema: Schema, out: str | Path) -> Path:
 
     out = Path(out).resolve()
     _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         enabled = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:
@@ -342,10 +343,18 @@ def write_export(bundle: ExportBundle, schema: Schema, out: str | Path) -> Path:
             if enabled:
                 datasets.enable_progress_bars()
         build_dataset_card(bundle, schema, files).save(tmp / "README.md")
+        (tmp / EXPORT_MARKER).write_text(
+            "Written by `workbench export`; the next export to this folder may replace it.\n", encoding="utf-8"
+        )
         _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as error:  # a full disk, no permission: pyarrow and huggingface_hub raise OSError subclasses
+        reason = error.strerror or str(error).strip().split("\n")[0] or type(error).__name__
+        raise DatasetExportError(
+            f"cannot write the export to {out} ({reason}); nothing there was changed: "
+            "free space or choose another --out"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
     return out
 
 
@@ -354,13 +363,10 @@ def _check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise DatasetExportError(f"{out} exists and is not a folder; choose another --out")
-    if not any(out.iterdir()):
-        return
-    readme = out / "README.md"
-    text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
-    if f"- {MARKER_TAG}" not in text:
+    if any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
         raise DatasetExportError(
-            f"{out} exists and is not an export of this tool; choose another --out or remove it first"
+            f"{out} exists and is not an export of this tool (no {EXPORT_MARKER} file); "
+            "choose an empty or new folder for --out"
         )
 
 
@@ -416,6 +422,7 @@ def push_folder(
             folder_path=str(folder),
             commit_message=message,
             delete_patterns=["*.parquet", "**/*.parquet"],
+            ignore_patterns=[EXPORT_MARKER],  # a local guard, not part of the dataset
         )
     except LocalTokenNotFoundError:
         raise PushError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`") from None

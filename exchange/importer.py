@@ -27,7 +27,8 @@ is either read or rejected with its location: fields of any length are read in f
 limit is lifted while a file is read), and a row whose labelled text field is longer than WORKBENCH_MAX_TEXT_CHARS
 (the backend's limit, default 20000) is rejected. A file with any rejected row imports nothing unless `skip_invalid`
 is set. Tasks whose key the project already holds are skipped,
-except that a task with no labels yet (say, provisioned earlier) gets the file's labels when its text is the same.
+except that a task with no labels yet (say, provisioned earlier) gets the file's labels when its text is the same,
+and a task whose labels are all among the file's (an earlier import that stopped part way) gets the rest.
 Label Studio cannot store "answered, nothing ticked" apart from "not answered" for multi choice and spans: both come
 back from Label Studio as an empty answer.
 """
@@ -50,6 +51,7 @@ from typing import Any
 
 from annotation_config.annotations import annotator_of, derived_key, is_cancelled, is_ground_truth
 from annotation_config.errors import WorkbenchError
+from annotation_config.jsonl import jsonl_lines
 from annotation_config.regions import RegionError, labels_to_results, results_to_labels
 from annotation_config.schema import Dimension, Schema
 from studio.provision import call, find_project, provision, task_data
@@ -148,6 +150,7 @@ class ImportResult:
     tasks_imported: int
     tasks_skipped: int
     tasks_labelled: int = 0  # tasks already in the project, without labels, that got the file's labels
+    tasks_completed: int = 0  # tasks holding part of the file's labels (an interrupted import) that got the rest
     conflicts: list[str] = field(default_factory=list)  # keys skipped: same key, different text in the project
     annotations: int = 0
     predictions: int = 0
@@ -268,6 +271,12 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str, limit: int)
     if bad:
         raise ImportFileError(f"{path}:1: the header is {bad}; save the file as UTF-8")
     header = [h.strip() for h in header]
+    # zip() into a dict would keep only the last of two same-named columns: a silent loss of the first
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise ImportFileError(
+            f"{path}:1: the header names {', '.join(map(repr, repeated))} more than once; give each column one name"
+        )
     columns = set(header)
     _check_columns(parsed, columns, schema)
     rows: list[tuple[str, dict[str, Any] | Problem]] = []
@@ -284,9 +293,7 @@ def _read_csv(path: Path, text: str, schema: Schema, delimiter: str, limit: int)
 
 def _read_json_lines(path: Path, text: str, schema: Schema, limit: int) -> ParsedFile:
     items: list[tuple[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         where = f"line {number}"
         bad = _bad_bytes(line)
         if bad:
@@ -725,7 +732,8 @@ def import_parsed(
 
     A task whose key the project already holds gets the file's labels only when it has none of that kind yet
     (no annotation, or no prediction with `as_predictions`) and the same labelled text: so labels can be imported
-    for tasks provisioned earlier, and importing the same file twice adds nothing. Other such tasks are skipped.
+    for tasks provisioned earlier, and importing the same file twice adds nothing. When all it holds are among the
+    file's labels (an import that failed part way), it gets the rest. Other such tasks are skipped.
     Call only with a file without rejected rows (or after deciding to skip them).
     """
     title = _project_title(client, project_id) if project_id is not None else (title or schema.name)
@@ -741,8 +749,8 @@ def import_parsed(
         tasks_imported=outcome.imported,
         tasks_skipped=0,
     )
-    to_label = _tasks_to_label(parsed, have, schema, as_predictions, result)
-    pending = [(task, a) for task in to_label for a in task.annotations if not (as_predictions and a.was_cancelled)]
+    to_label = _tasks_to_label(client, parsed, have, schema, as_predictions, result)
+    pending = [(task, a) for task, labels in to_label for a in labels if not (as_predictions and a.was_cancelled)]
     if not pending:
         return result
     ids = {str(t.data.get(schema.data.key)): t.id for t in _project_tasks(client, outcome.project_id) if t.data}
@@ -766,26 +774,82 @@ def _project_title(client: Any, project_id: int) -> str:
 
 
 def _tasks_to_label(
-    parsed: ParsedFile, have: Mapping[str, Any], schema: Schema, as_predictions: bool, result: ImportResult
-) -> list[TaskIn]:
-    """The tasks whose labels to write: new ones, and ones already there with no labels of this kind and the same
-    text; counts the others in `result` (skipped; conflicts when the project holds the key with another text)."""
+    client: Any,
+    parsed: ParsedFile,
+    have: Mapping[str, Any],
+    schema: Schema,
+    as_predictions: bool,
+    result: ImportResult,
+) -> list[tuple[TaskIn, list[AnnotationIn]]]:
+    """The tasks and which of their labels to write: all of new ones and of ones already there with the same text
+    and no labels of this kind, the missing ones of tasks an interrupted import labelled in part; counts the others
+    in `result` (skipped; conflicts when the project holds the key with another text and no labels)."""
     fields = {schema.data.text, *(d.field for d in schema.dimensions)}
     to_label = []
     for task in parsed.tasks:
         old = have.get(task.key)
         if old is None:
-            to_label.append(task)
+            to_label.append((task, task.annotations))
         elif not task.annotations:
             result.tasks_skipped += 1
-        elif _has_labels(old, as_predictions) or any(old.data.get(f) != task.data.get(f) for f in fields):
+        elif any(old.data.get(f) != task.data.get(f) for f in fields):
             result.tasks_skipped += 1
             if not _has_labels(old, as_predictions):
                 result.conflicts.append(task.key)
-        else:
-            to_label.append(task)
+        elif not _has_labels(old, as_predictions):
+            to_label.append((task, task.annotations))
             result.tasks_labelled += 1
+        elif missing := _not_yet_written(client, schema, task, old, as_predictions):
+            to_label.append((task, missing))
+            result.tasks_completed += 1
+        else:
+            result.tasks_skipped += 1
     return to_label
+
+
+def _not_yet_written(client: Any, schema: Schema, task: TaskIn, old: Any, as_predictions: bool) -> list[AnnotationIn]:
+    """The file's labels of `task` that the project's task `old` lacks, when each label it holds is one of the
+    file's (an earlier import of the file stopped part way); [] when it holds labels from anywhere else.
+
+    Labels are matched on their answers (cancelled ones on their number: Label Studio does not list them), the
+    first match in file order: an interrupted import wrote a task's labels from the first on, so what is left is
+    the rest.
+    """
+    wanted = [a for a in task.annotations if not (as_predictions and a.was_cancelled)]
+    if as_predictions:
+        stored = call(lambda: list(client.predictions.list(task=old.id)), f"list predictions of task {task.key!r}")
+        held = [_answer(schema, p.result, old.data) if p.model_version == MODEL_VERSION else None for p in stored]
+    else:
+        stored = call(lambda: list(client.annotations.list(id=old.id)), f"list annotations of task {task.key!r}")
+        held = [_answer(schema, a.result, old.data) for a in stored if not a.was_cancelled]
+        held += [_CANCELLED] * (old.cancelled_annotations or 0)
+    left = [
+        (
+            a,
+            _CANCELLED
+            if a.was_cancelled
+            else _answer(schema, labels_to_results(schema, a.labels, task.data), task.data),
+        )
+        for a in wanted
+    ]
+    for answer in held:
+        match = next((i for i, (_, other) in enumerate(left) if answer is not None and other == answer), None)
+        if match is None:
+            return []
+        del left[match]
+    return [a for a, _ in left]
+
+
+_CANCELLED = "cancelled"  # a cancelled annotation's answer: a skip carries no labels
+
+
+def _answer(schema: Schema, results: Any, data: Mapping[str, Any]) -> str | None:
+    """A label as Label Studio holds it, comparable across the file and the project (None: it does not fit)."""
+    try:
+        labels = results_to_labels(schema, results or [], data)
+    except RegionError:
+        return None
+    return json.dumps(labels, sort_keys=True, ensure_ascii=False)
 
 
 def _write_labels(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from annotation_config.errors import WorkbenchError
+from annotation_config.jsonl import jsonl_lines
 from annotation_config.label_config import render_label_config
 from annotation_config.schema import Schema
 
@@ -100,7 +101,7 @@ def read_tasks(path: str | Path, schema: Schema) -> list[dict]:
     """Read a JSON-lines task file, checking every line has the key and text fields of the schema."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TaskFileError(
             f"{path}: no such task file; build it with `workbench data build` or pass --tasks"
@@ -109,9 +110,7 @@ def read_tasks(path: str | Path, schema: Schema) -> list[dict]:
         raise TaskFileError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
     tasks: list[dict] = []
     keys: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             task = json.loads(line)
         except json.JSONDecodeError as error:

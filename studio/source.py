@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotation_config.errors import CommandError, WorkbenchError, read_user_file
+from annotation_config.jsonl import jsonl_lines
 
 LABEL_STUDIO_URL_ENV = "LABEL_STUDIO_URL"
 
@@ -72,9 +73,7 @@ def load_export(path: str | Path) -> list[dict]:
         raw = json.loads(text)
     except json.JSONDecodeError:
         raw = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, line in jsonl_lines(text):
             try:
                 raw.append(json.loads(line))
             except json.JSONDecodeError as error:

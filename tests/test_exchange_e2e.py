@@ -271,3 +271,80 @@ def test_import_as_predictions(label_studio, ls_client, schema):
         labels = results_to_labels(schema, prediction.result, task.data)
         expected = "contested" if task.data["key"] == "ok-1" else "genuine"
         assert labels["threat_characterization"] == expected
+
+
+def test_a_rerun_after_a_partial_failure_writes_what_is_missing(label_studio, ls_client, schema, tmp_path):
+    """Label Studio goes away after 2 of 5 annotations: the second run gives the task that got 2 of its 3 the third
+    one and the other task both of its own (before, the part-labelled task was skipped for good); a third run adds
+    nothing. The texts hold U+2028 and U+2029, which JSON lines keep inside a row."""
+    import httpx
+
+    from exchange.importer import ImportFailed, import_parsed, read_file
+
+    title = "Partial import e2e"
+    texts = {"p-1": "Moscow\u2028denies any plans to invade.", "p-2": "NATO\u2029answers the build-up."}
+    rows = [
+        ("p-1", "ann-a", "genuine"),
+        ("p-1", "ann-b", "contested"),
+        ("p-1", "ann-c", "manufactured"),
+        ("p-2", "ann-a", "genuine"),
+        ("p-2", "ann-b", "contested"),
+    ]
+    path = tmp_path / "long.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"key": k, "text": texts[k], "annotator": who, "threat_characterization": v}, ensure_ascii=False)
+            + "\n"
+            for k, who, v in rows
+        ),
+        encoding="utf-8",
+    )
+    parsed = read_file(path, schema)
+    assert not parsed.rejected and [len(t.annotations) for t in parsed.tasks] == [3, 2]
+
+    class Annotations:
+        """The real client's annotations, whose third create finds Label Studio gone."""
+
+        created = 0
+
+        def create(self, **kwargs):
+            if Annotations.created == 2:
+                raise httpx.ConnectError("injected: Label Studio went away")
+            Annotations.created += 1
+            return ls_client.annotations.create(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(ls_client.annotations, name)
+
+    class Flaky:
+        annotations = Annotations()
+
+        def __getattr__(self, name):
+            return getattr(ls_client, name)
+
+    with pytest.raises(ImportFailed, match="already written: 2 tasks and 2 of 5 annotations"):
+        import_parsed(Flaky(), schema, parsed, ls_url=label_studio.url, title=title)
+
+    args = ("import", str(path), "--ls-url", label_studio.url, "--api-key", label_studio.token, "--title", title)
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "imported 0 tasks, labelled 1 tasks already there, completed 1 tasks an earlier import left part-labelled; "
+        "created 3 annotations" in done.stdout
+    )
+    stored = {t.data["key"]: t for t in ls_client.tasks.list(project=find_project(ls_client, title).id)}
+    assert {key: task.data["text"] for key, task in stored.items()} == texts
+
+    def answers() -> dict[str, list[str]]:
+        return {
+            key: sorted(
+                results_to_labels(schema, a.result, task.data)["threat_characterization"]
+                for a in ls_client.annotations.list(id=task.id)
+            )
+            for key, task in stored.items()
+        }
+
+    assert answers() == {"p-1": ["contested", "genuine", "manufactured"], "p-2": ["contested", "genuine"]}
+    again = run_cli(*args)
+    assert "imported 0 tasks; created 0 annotations; skipped 2 tasks already there" in again.stdout, again.stdout
+    assert answers() == {"p-1": ["contested", "genuine", "manufactured"], "p-2": ["contested", "genuine"]}

@@ -256,3 +256,66 @@ def test_other_schema_exports_its_own_columns(tmp_path, schema):
     assert (row["id"], row["headline"], row["clickbait"]) == ("n1", "Smith scores twice", 1)
     assert row["names"] == [{"start": 0, "end": 5, "text": "Smith", "label": 0}]
     assert json.loads(json.dumps(row["topics"])) == [0]
+
+
+def _export_cli(out: Path, tasks: list[dict], tmp_path: Path, capsys) -> tuple[int, list[str]]:
+    """`workbench export --out OUT` in this process (so monkeypatches apply): exit code and stderr lines."""
+    from workbench.cli import main
+
+    source = tmp_path / "export.json"
+    source.write_text(json.dumps(tasks), encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--out", str(out), "--from-export", str(source), "--salt", "s"])
+    return done.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_export_refuses_a_model_folder_whose_card_carries_the_tool_tag(tmp_path, schema, capsys):
+    """`export --out models/<version>` deleted the promoted model: its model card carries the same tag."""
+    from training.model_card import build_card
+
+    model = tmp_path / "models" / "20260101T000000-aaaa0001"
+    model.mkdir(parents=True)
+    build_card({"version": model.name}, {}).save(model / "README.md")
+    (model / "manifest.json").write_text('{"version": "20260101T000000-aaaa0001"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert "- stance-workbench" in before["README.md"].decode()
+
+    code, lines = _export_cli(model, three_annotator_tasks(schema), tmp_path, capsys)
+    assert code == 1 and len(lines) == 1
+    assert str(model) in lines[0] and "not an export of this tool" in lines[0] and "--out" in lines[0]
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert sorted(p.name for p in model.parent.iterdir()) == [model.name]  # no temporary folder beside it
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _export_cli(empty, three_annotator_tasks(schema), tmp_path, capsys)[0] == 0
+    assert _export_cli(empty, three_annotator_tasks(schema), tmp_path, capsys)[0] == 0  # its own export: replaced
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_export_whole(tmp_path, schema, monkeypatch, capsys):
+    import errno
+    import os
+
+    from datasets import Dataset
+
+    tasks = three_annotator_tasks(schema)
+    out = tmp_path / "out"
+    assert _export_cli(out, tasks, tmp_path, capsys)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / ".workbench-export").is_file()
+
+    def full_disk(self, path, **kwargs):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Dataset, "to_parquet", full_disk)
+    code, lines = _export_cli(out, tasks[:3], tmp_path, capsys)
+    assert code == 1
+    assert lines == [
+        f"error: cannot write the export to {out} (No space left on device); nothing there was changed: free space "
+        "or choose another --out"
+    ]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "out"]  # no half-written folder left

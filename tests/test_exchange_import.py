@@ -199,3 +199,35 @@ def test_json_lines_reject_a_too_long_text_by_line_and_keep_the_rest(tmp_path, s
         "line 2: field 'text' has 101 characters; the limit is 100 (WORKBENCH_MAX_TEXT_CHARS)"
     ]
     assert [t.key for t in parsed.tasks] == ["k1", "k3", "k4"]
+
+
+SEPARATOR_TEXTS = ["Moscow\u2028denies it.", "NATO\u2029answers.", "Kyiv\x85waits."]
+
+
+def test_json_lines_split_on_newline_only_so_unicode_separators_stay_in_their_row(tmp_path, schema):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"key": f"k{i}", "text": text, "threat_characterization": "genuine"} for i, text in enumerate(SEPARATOR_TEXTS)
+    ]
+    # ensure_ascii=False writes the separators raw, as JSON allows; one line ends in "\r\n"
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    path.write_text(lines[0] + "\r\n" + "\n".join(lines[1:]) + "\n", encoding="utf-8")
+    parsed = read_file(path, schema)
+    assert parsed.rejected == []
+    assert [t.data["text"] for t in parsed.tasks] == SEPARATOR_TEXTS
+    assert [t.annotations[0].labels for t in parsed.tasks] == [{"threat_characterization": "genuine"}] * 3
+
+
+def test_duplicate_csv_headers_are_one_line_naming_them(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("key,text,frames,text,frames,title\nk1,a,Political,b,Economic,T\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "import", str(path), "--ls-url", "http://127.0.0.1:9", "--api-key", "k"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {path}:1: the header names 'frames', 'text' more than once; give each column one name"
+    ]

@@ -14,6 +14,7 @@ from training.data import (
     build_dataset,
     data_hash,
     split_examples,
+    splits_of_folds,
 )
 
 TEXT = "Moscow calls the invasion warnings Western propaganda and hype."
@@ -200,6 +201,48 @@ def test_too_few_groups_train_on_everything(schema, sample_tasks):
     examples = [e for e in labelled(sample_tasks) if e.data["article_id"] == sample_tasks[0]["article_id"]]
     parts = split_examples(examples, schema)
     assert len(parts["train"]) == len(examples) and not parts["validation"] and not parts["test"]
+
+
+def _articles(*sizes: int) -> list[Example]:
+    """Examples from one article per size, that many paragraphs each, all answering the same stance."""
+    return [
+        Example(
+            f"a{a}-p{p:02d}",
+            None,
+            {"key": f"a{a}-p{p:02d}", "text": "t", "article_id": f"a{a}"},
+            {"stance_russia_china": "none"},
+        )
+        for a, size in enumerate(sizes)
+        for p in range(size)
+    ]
+
+
+def test_a_grouped_split_gives_train_the_largest_share_of_uneven_groups(schema):
+    """40 tasks from articles of 21, 17 and 2 paragraphs: the 2-paragraph article was the training split."""
+    parts = split_examples(_articles(21, 17, 2), schema)
+    sizes = {name: len(part) for name, part in parts.items()}
+    assert sizes["train"] == 21 and sorted([sizes["validation"], sizes["test"]]) == [2, 17]
+    assert split_examples(_articles(21, 17, 2, 3, 2), schema)["train"]  # more groups: still closest to 80/10/10
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.7, 0.15, 0.15), (0.6, 0.2, 0.2), (0.8, 0.2, 0.0)])
+def test_each_split_ends_within_a_fold_or_two_of_its_share(ratios):
+    """Property, over seeded random fold sizes: every split with a ratio gets a fold, none runs more than the largest
+    fold over its target row count (nor two under), and train is the largest split."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        sizes = {fold: rng.randint(1, 30) for fold in range(rng.randint(3, 12))}
+        split_of = splits_of_folds(sizes, ratios)
+        assert set(split_of) == set(sizes)
+        counts = {name: sum(n for fold, n in sizes.items() if split_of[fold] == name) for name in split_of.values()}
+        total, largest = sum(sizes.values()), max(sizes.values())
+        for name, ratio in zip(("train", "validation", "test"), ratios, strict=True):
+            target = ratio * total
+            assert (counts.get(name, 0) > 0) == (ratio > 0), (sizes, counts)
+            assert -2 * largest <= counts.get(name, 0) - target <= largest, (sizes, counts)
+        assert counts["train"] == max(counts.values()), (sizes, counts)
 
 
 def test_dataset_columns_and_missing_labels(schema, sample_tasks):

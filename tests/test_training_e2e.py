@@ -12,7 +12,7 @@ from annotation_config.regions import labels_to_results, results_to_labels
 from backend.app import create_app
 from backend.settings import Settings
 from studio.provision import connect_backend, provision, request_predictions
-from training.registry import Registry
+from training.registry import project_registry
 from workbench.services import ServerThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -76,9 +76,9 @@ def test_annotate_train_promote_and_serve_the_new_model(label_studio, ls_client,
 
         health = wait_for(trained, 600, "a trained model to serve")
         new_version = health["model_version"]
-        assert new_version == Registry(models).current()
+        assert new_version == project_registry(models, project.project_id).current()
         assert health["training"]["state"] == "succeeded"
-        manifest = Registry(models).manifest(new_version)
+        manifest = project_registry(models, project.project_id).manifest(new_version)
         assert manifest["schema_hash"] == schema.hash
 
         request_predictions(ls_client, project.project_id)  # Label Studio calls /setup, sees the new version

@@ -545,3 +545,18 @@ def test_models_list_shows_every_project_and_promote_needs_one_when_there_are_se
     )
     assert done.returncode == 1 and "holds the models of projects 1, 2: pass --project ID" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_held_out_texts_with_unicode_line_separators_are_one_row_each(tmp_path):
+    """U+2028, U+2029 and U+0085 end lines for str.splitlines but not in JSON lines: the gate reads such rows whole."""
+    registry = Registry(tmp_path)
+    promote(registry, add_version(registry, "20260101T000000-aaaa0001", 0.7))
+    texts = ["one\u2028two", "three\u2029four", "five\x85six"]
+    rows = [{**row, "text": text} for row, text in zip(gold_rows(3, "u"), texts, strict=True)]
+    version = add_version(registry, "20260102T000000-bbbb0002", 0.8, rows=rows)
+    # the pipeline writes held-out rows with ensure_ascii=False: the separators land in the file as they are
+    (tmp_path / version / "test.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
+    assert read_rows(tmp_path / version / "test.jsonl") == rows
+    assert promote(registry, version).promoted  # before: a JSONDecodeError in every later gated promotion

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from annotation_config.errors import CommandError, WorkbenchError
+from annotation_config.jsonl import jsonl_lines
 from studio.options import ApiKeyOption, FromExportOption, ProjectOption, SchemaOption, SourceUrlOption
 from training.distributed import is_main_process  # torch-free
 from training.registry import JOB_TOKEN_ENV, SKIPPED_EXIT_CODE, SKIPPED_EXIT_ENV  # torch-free
@@ -343,9 +344,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     from studio.source import load_export
 
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as error:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from annotation_config.errors import WorkbenchError
+from annotation_config.jsonl import jsonl_lines
 from training.pairs import reading
 
 if TYPE_CHECKING:
@@ -692,7 +693,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file ([] when absent)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for _, line in jsonl_lines(path.read_text(encoding="utf-8"))]
 
 
 def _gate_summary(entry: Mapping[str, Any] | None) -> str | None:
