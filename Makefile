@@ -4,7 +4,7 @@ VENV := .venv
 LS_VENV := .venv-ls
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint shell-scripts clean
+.PHONY: install lock up test lint shell-scripts clean
 
 # Every tracked shell script, found anew on each run so that a new one is checked too: *.sh, .ci/run, and any file
 # whose first line is a sh or bash shebang.
@@ -16,20 +16,32 @@ list_shell_scripts = git ls-files | while IFS= read -r f; do \
 
 install: $(VENV)/.installed $(LS_VENV)/.installed
 
-# torch first, from the local CPU wheel: any other torch spec pulls GBs of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+# Exactly what requirements.lock pins, every file checked against its sha256 (`make lock` refreshes the lock from
+# pyproject.toml). torch first, alone: its pin is the local CPU wheel's hash, so a machine without that file stops
+# there instead of pulling GBs of CUDA packages. Then the project itself, with nothing more (its build uses the
+# locked setuptools), and `pip check`, which fails if pyproject.toml asks for a package the lock does not hold.
+LOCK := requirements.lock
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	awk '/^torch==/ {on = 1} on {print} on && !/\\$$/ {exit}' $(LOCK) > $(VENV)/torch.lock
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(VENV)/torch.lock
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
-# Label Studio pins many packages, so it lives in its own environment; the constraints hold back what its pins leave
-# open and a newer release broke (a change to them reinstalls).
-LS_CONSTRAINTS := scripts/label-studio-constraints.txt
-$(LS_VENV)/.installed: $(LS_CONSTRAINTS)
+# Label Studio pins many packages, so it lives in its own environment, installed from its own lock: `make lock`
+# resolves label-studio==1.23.2 under scripts/label-studio-constraints.txt, which holds back what its pins leave open
+# and a newer release broke (a change to the lock reinstalls).
+LS_LOCK := scripts/label-studio.lock
+$(LS_VENV)/.installed: $(LS_LOCK)
 	$(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q -c $(LS_CONSTRAINTS) label-studio==1.23.2
+	$(LS_VENV)/bin/pip install -q --require-hashes -r $(LS_LOCK)
 	touch $@
+
+# Resolve both lock files anew (latest releases that pyproject.toml and the constraints allow); review the diff.
+lock:
+	PYTHON=$(PYTHON) bash scripts/lock.sh
 
 up: install
 	$(BIN)/workbench up
@@ -51,4 +63,4 @@ shell-scripts:
 	@$(list_shell_scripts)
 
 clean:
-	rm -rf $(VENV) $(LS_VENV)
+	rm -rf $(VENV) $(LS_VENV) .venv-lock

@@ -1,5 +1,5 @@
-"""`scripts/install-system-packages.sh`, `make lint`'s list of shell scripts and `make install`'s Label Studio
-step, without touching the system.
+"""`scripts/install-system-packages.sh`, `make lint`'s list of shell scripts, `make install`'s two environments and
+the lock files they install from, without touching the system.
 
 The script runs with a PATH of stubs only: `apt-get`, `sudo` and `id` log their argv to a file (no real apt-get runs),
 and the one real tool the script needs, `env`, is a symlink in a folder of its own. So a real /usr/bin/chromium on
@@ -8,18 +8,27 @@ this machine is not found, as on a fresh one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install-system-packages.sh"
 BASH = shutil.which("bash") or "/bin/bash"
 PACKAGES = ["chromium", "chromium-driver", "shellcheck"]
+LOCK = ROOT / "requirements.lock"
+LS_LOCK = ROOT / "scripts" / "label-studio.lock"
+LS_CONSTRAINTS = ROOT / "scripts" / "label-studio-constraints.txt"
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 
 # Each stub logs "name<TAB>DEBIAN_FRONTEND as it sees it<TAB>args" on one line.
 LOG_LINE = 'printf "%s\\t%s\\t%s\\n" "{name}" "${{DEBIAN_FRONTEND:-}}" "$*" >> "$STUB_LOG"'
@@ -130,27 +139,113 @@ def test_every_shell_script_of_the_repository_passes_shellcheck():
     assert done.returncode == 0, done.stdout
 
 
-def test_make_install_gives_label_studio_its_constraints_and_reinstalls_when_they_change(tmp_path: Path):
-    """`make` with a stub python3 whose venv's pip logs its argv: no package is installed."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(ROOT / "Makefile", repo / "Makefile")
-    constraints = ROOT / "scripts" / "label-studio-constraints.txt"
-    shutil.copy(constraints, repo / "scripts" / constraints.name)
-    log = tmp_path / "pip.log"
-    pip, python = tmp_path / "pip", tmp_path / "python3"
-    _executable(pip, f'echo "$*" >> "{log}"')
-    _executable(python, f'[ "$1 $2" = "-m venv" ] || exit 9\nmkdir -p "$3/bin" && cp "{pip}" "$3/bin/pip"')  # the venv
+class StubInstall:
+    """`make TARGET` in a copy of the repository's install files, with a stub python3 whose venv's pip logs its argv
+    (one line a call): no package is installed."""
 
-    def install() -> subprocess.CompletedProcess:
-        command = ["make", "-s", f"PYTHON={python}", ".venv-ls/.installed"]
-        return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=60)
+    def __init__(self, tmp_path: Path, files: tuple[Path, ...]):
+        self.repo = tmp_path / "repo"
+        (self.repo / "scripts").mkdir(parents=True)
+        for path in (ROOT / "Makefile", *files):
+            shutil.copy(path, self.repo / path.relative_to(ROOT))
+        self.log = tmp_path / "pip.log"
+        pip, self.python = tmp_path / "pip", tmp_path / "python3"
+        _executable(pip, f'echo "$*" >> "{self.log}"')
+        _executable(self.python, f'[ "$1 $2" = "-m venv" ] || exit 9\nmkdir -p "$3/bin" && cp "{pip}" "$3/bin/pip"')
 
-    done = install()
+    def make(self, target: str) -> subprocess.CompletedProcess:
+        command = ["make", "-s", f"PYTHON={self.python}", target]
+        return subprocess.run(command, cwd=self.repo, capture_output=True, text=True, timeout=60)
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def touch(self, name: str) -> None:
+        later = time.time() + 5
+        os.utime(self.repo / name, (later, later))
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, [sha256, ...])} of a `--generate-hashes` requirements file."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.split("\n"):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split()
+        name, _, version = requirement.partition("==")
+        assert version, f"{path.name}: not pinned with ==: {line}"
+        hashes = [option.removeprefix("--hash=sha256:") for option in options if option.startswith("--hash=sha256:")]
+        assert len(hashes) == len(options), f"{path.name}: options other than --hash: {line}"
+        pins[canonicalize_name(name.split("[")[0])] = (version, hashes)
+    return pins
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_install_takes_torch_then_the_lock_with_hashes_and_reinstalls_when_either_changes(tmp_path: Path):
+    stub = StubInstall(tmp_path, (ROOT / "pyproject.toml", LOCK))
+    done = stub.make(".venv/.installed")
     assert done.returncode == 0, done.stderr
-    assert log.read_text().splitlines() == [f"install -q -c scripts/{constraints.name} label-studio==1.23.2"]
-    pinned = [line for line in constraints.read_text().splitlines() if line and not line.startswith("#")]
-    assert "sentry-sdk<3" in pinned  # 3.0 stops Label Studio 1.23.2 at start-up
-    assert install().returncode == 0 and len(log.read_text().splitlines()) == 1  # installed: nothing to do
-    os.utime(repo / "scripts" / constraints.name, (time.time() + 5, time.time() + 5))
-    assert install().returncode == 0 and len(log.read_text().splitlines()) == 2  # changed constraints: again
+    assert stub.calls() == [
+        "install -q --require-hashes --no-deps -r .venv/torch.lock",  # torch first, alone
+        "install -q --require-hashes -r requirements.lock",
+        "install -q --no-deps --no-build-isolation -e .",
+        "check",
+    ]
+    torch_lock = read_lock(stub.repo / ".venv" / "torch.lock")
+    assert list(torch_lock) == ["torch"] and torch_lock["torch"] == read_lock(LOCK)["torch"]
+    assert stub.make(".venv/.installed").returncode == 0 and len(stub.calls()) == 4  # installed: nothing to do
+    stub.touch("requirements.lock")
+    assert stub.make(".venv/.installed").returncode == 0 and len(stub.calls()) == 8  # a new lock: again
+    stub.touch("pyproject.toml")
+    assert stub.make(".venv/.installed").returncode == 0 and len(stub.calls()) == 12
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_install_gives_label_studio_its_lock_and_reinstalls_when_it_changes(tmp_path: Path):
+    stub = StubInstall(tmp_path, (LS_LOCK,))
+    done = stub.make(".venv-ls/.installed")
+    assert done.returncode == 0, done.stderr
+    assert stub.calls() == ["install -q --require-hashes -r scripts/label-studio.lock"]
+    assert stub.make(".venv-ls/.installed").returncode == 0 and len(stub.calls()) == 1  # installed: nothing to do
+    stub.touch("scripts/label-studio.lock")
+    assert stub.make(".venv-ls/.installed").returncode == 0 and len(stub.calls()) == 2  # a new lock: again
+
+
+def test_the_lock_pins_every_package_with_hashes_and_torch_to_the_local_cpu_wheel():
+    pins = read_lock(LOCK)
+    assert all(hashes for _, hashes in pins.values())
+    version, hashes = pins["torch"]
+    assert version == "2.13.0+cpu" and len(hashes) == 1  # the CPU wheel only: PyPI's 2.13.0 would pull CUDA
+    assert not [name for name in pins if name.startswith("nvidia-") or name == "triton"]
+    assert "setuptools" in pins  # the project's own build (--no-build-isolation) uses the locked setuptools
+    if TORCH_WHEEL.exists():  # the file `pip install torch==2.13.0` takes on this machine
+        assert hashlib.sha256(TORCH_WHEEL.read_bytes()).hexdigest() == hashes[0]
+
+
+def test_the_lock_satisfies_pyproject_so_it_is_not_stale():
+    """Every requirement of pyproject.toml (with the test extra) is in the lock at a version its floor allows."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = read_lock(LOCK)
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock: run make lock"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (spec, pins[name][0])
+    floors = {"torch": "2.10", "transformers": "5.3", "jinja2": "3.1.6", "h11": "0.16", "starlette": "1.0.1"}
+    for name, floor in floors.items():  # raised above releases with published advisories
+        (spec,) = [s for s in project["dependencies"] if canonicalize_name(Requirement(s).name) == name]
+        lowest = [Version(s.version) for s in Requirement(spec).specifier if s.operator == ">="]
+        assert lowest and lowest[0] >= Version(floor), spec
+
+
+def test_label_studio_lock_pins_1_23_2_under_its_constraints():
+    pins = read_lock(LS_LOCK)
+    assert all(hashes for _, hashes in pins.values())
+    assert pins["label-studio"][0] == "1.23.2"
+    constraints = [line for line in LS_CONSTRAINTS.read_text().splitlines() if line and not line.startswith("#")]
+    assert "sentry-sdk<3" in constraints  # 3.0 stops Label Studio 1.23.2 at start-up
+    for line in constraints:
+        requirement = Requirement(line)
+        assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)][0]), line
