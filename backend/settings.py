@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A list read from one environment variable as "a,b" (NoDecode: not as JSON, which pydantic-settings expects).
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -54,16 +57,16 @@ class Settings(BaseSettings):
         description="The interface the backend listens on (`serve` sets it). On loopback, requests whose Host header "
         "names another server are refused (DNS rebinding).",
     )
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: CommaList = Field(
         default_factory=list, description="Further Host names accepted on loopback (comma-separated)."
     )
-    allowed_ls_urls: list[str] = Field(
+    allowed_ls_urls: CommaList = Field(
         default_factory=list,
         description="Label Studio URLs, besides LABEL_STUDIO_URL, that a /setup may name for training jobs "
         "(comma-separated). Other hostnames from /setup are ignored.",
     )
 
-    projects: list[str] = Field(
+    projects: CommaList = Field(
         default_factory=list,
         description="Label Studio project ids this backend serves (comma-separated, e.g. 1,4); requests and events "
         "naming another project get 403 and change nothing. Empty: any project.",

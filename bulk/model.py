@@ -1,8 +1,9 @@
 """Which model `workbench predict` runs, decided once in the driver, and how each actor loads it.
 
 The rung is the one the backend would serve the project: the promoted model of the project's registry in the models
-folder (that of data naming no project without --project) when its label maps fit the schema (else, like backend/holder.py, the best other version that fits), otherwise the cold start. Actors build it
-with the backend's own factories (backend.app.default_predictors), so a bulk prediction and a /predict answer of
+folder (that of data naming no project without --project) when its label maps fit the schema (else, like
+backend/holder.py, the best other version that fits), otherwise the cold start. Actors build it with the backend's
+own factories (backend.app.default_predictors), so a bulk prediction and a /predict answer of
 the same model_version are the same prediction.
 """
 

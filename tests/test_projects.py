@@ -126,3 +126,14 @@ def test_a_promoted_model_that_falls_behind_on_new_labels_stops_serving(tmp_path
         current["1"] = ("20261208T000001-good0002", folder)
         ladder.refresh()
         assert _version(client, "1.1700000000") == "20261208T000001-good0002"
+
+
+def test_comma_separated_variables_are_read_from_the_environment(monkeypatch):
+    from backend.settings import Settings
+
+    monkeypatch.setenv("WORKBENCH_PROJECTS", "1, 4")
+    monkeypatch.setenv("WORKBENCH_ALLOWED_HOSTS", "wb.example.org,10.0.0.5")
+    settings = Settings()
+    assert settings.projects == ["1", "4"] and settings.allowed_hosts == ["wb.example.org", "10.0.0.5"]
+    assert settings.serves_project("4.1700000000")
+    assert not settings.serves_project("2") and not settings.serves_project(None)
