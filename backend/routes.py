@@ -90,24 +90,22 @@ async def setup(body: SetupRequest, request: Request) -> Any:
     return SetupResponse(model_version=service.ladder.serving(body.project).predictor.model_version)
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
-def predict(body: PredictRequest, request: Request) -> Any:
-    """Exactly one prediction per task, in task order, covering every dimension of the schema."""
-    service = _service(request)
-    if service.settings.record_dir is not None:
-        service.record("/predict", body.model_dump_json(by_alias=True).encode())
+def _task_problem(service, datas: list[Any], where: list[str | int], required: bool = True) -> JSONResponse | None:
+    """The limits on tasks, for /predict and /webhook alike: at most WORKBENCH_MAX_TASKS tasks, and every text field
+    of the schema a string of at most WORKBENCH_MAX_TEXT_CHARS (413 above a limit, 422 for a wrong type; `required`:
+    a missing field is a 422 too). None when the tasks are within the limits."""
     settings, schema = service.settings, service.schema
-    if not body.tasks:
-        return _error(422, ["body", "tasks"], "no tasks: send at least one", "empty")
-    if len(body.tasks) > settings.max_tasks:
-        message = f"{len(body.tasks)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
-        return _error(413, ["body", "tasks"], message, "too_many")
+    if len(datas) > settings.max_tasks:
+        message = f"{len(datas)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
+        return _error(413, where, message, "too_many")
     needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
-    for index, task in enumerate(body.tasks):
+    for index, data in enumerate(datas):
         for name in needed:
-            value = task.data.get(name)
-            loc: list[str | int] = ["body", "tasks", index, "data", name]
+            value = data.get(name) if isinstance(data, dict) else None
+            loc: list[str | int] = [*where, index, "data", name]
             if value is None:
+                if not required:
+                    continue
                 return _error(422, loc, f"task {index} has no field {name!r}", "missing")
             if not isinstance(value, str):
                 return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
@@ -117,13 +115,29 @@ def predict(body: PredictRequest, request: Request) -> Any:
                     "(WORKBENCH_MAX_TEXT_CHARS)"
                 )
                 return _error(413, loc, message, "too_long")
+    return None
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+def predict(body: PredictRequest, request: Request) -> Any:
+    """Exactly one prediction per task, in task order, covering every dimension of the schema."""
+    service = _service(request)
+    if service.settings.record_dir is not None:
+        service.record("/predict", body.model_dump_json(by_alias=True).encode())
+    settings, schema = service.settings, service.schema
+    if not body.tasks:
+        return _error(422, ["body", "tasks"], "no tasks: send at least one", "empty")
+    problem = _task_problem(service, [task.data for task in body.tasks], ["body", "tasks"])
+    if problem is not None:
+        return problem
     service.ladder.seen(body.project)
     # One model for the whole request, even if a new one is fitted or promoted meanwhile.
     predictor = service.ladder.serving(body.project).predictor
     datas = [task.data for task in body.tasks]
     predictions = predictor.predict(datas)
     results = [
-        p.to_label_studio(schema, data, predictor.model_version) for p, data in zip(predictions, datas, strict=True)
+        p.to_label_studio(schema, data, predictor.model_version, max_spans=settings.max_spans)
+        for p, data in zip(predictions, datas, strict=True)
     ]
     _count(service, predictions)
     return {"results": results, "model_version": predictor.model_version}
@@ -150,10 +164,20 @@ async def webhook(event: WebhookEvent, request: Request) -> Any:
     if event.action not in KNOWN_EVENTS:
         message = f"unknown event {event.action!r}; expected one of {sorted(KNOWN_EVENTS)}"
         return _error(422, ["body", "action"], message, "unknown_event")
+    tasks = event.task if isinstance(event.task, list) else [event.task] if event.task is not None else []
+    problem = _task_problem(service, [task.get("data") for task in tasks], ["body", "task"], required=False)
+    if problem is not None:
+        return problem
+    # Training on demand is an operator action: with basic auth on it needs the credentials (the webhook secret
+    # alone will not do), and a `force` (not sent by Label Studio: for scripts) counts only with them.
+    operator = getattr(request.state, "operator", False)
+    if event.action == "START_TRAINING" and service.settings.basic_auth and not operator:
+        message = "START_TRAINING needs the basic-auth credentials (an operator action)"
+        return _error(401, ["header", "authorization"], message, "unauthorized")
     service.metrics.webhooks.labels(action=event.action).inc()
     project = _project_id(event)
     if event.action == "START_TRAINING":
-        force = bool((event.model_extra or {}).get("force"))  # not sent by Label Studio: for scripts and tests
+        force = operator and bool((event.model_extra or {}).get("force"))
         status = service.jobs.submit("START_TRAINING", project, force=force)
     elif event.action in TRAINING_EVENTS:
         service.ladder.apply(project, event.model_dump())  # fast: the refit runs in the learner's own thread
