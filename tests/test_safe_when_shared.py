@@ -17,7 +17,7 @@ from annotation_config.errors import WorkbenchError
 from annotation_config.regions import Prediction
 from backend.app import create_app
 from backend.settings import Settings
-from tests.test_reliability_support import assert_one_error_line, run_cli_in_process
+from tests.test_reliability_support import assert_one_error_line, run_cli_in_process, wait_for
 from workbench.services import free_port
 
 RECORDED = json.loads(
@@ -365,3 +365,47 @@ def test_up_prints_the_admin_password_only_when_it_creates_it(tmp_path, monkeypa
     password = json.loads((tmp_path / "state" / "credentials.json").read_text("utf-8"))["password"]
     assert password in outputs[0]
     assert password not in outputs[1] and "(password in" in outputs[1]
+
+
+@pytest.mark.e2e
+def test_label_studio_sends_the_webhook_secret_that_connect_backend_registers(
+    label_studio, ls_client, schema, sample_tasks, tmp_path, cold_start_predictor
+):
+    from studio.provision import connect_backend, provision
+    from workbench.services import ServerThread
+
+    secret = "hook-" + secrets.token_hex(16)
+    app = create_app(
+        Settings(models_dir=tmp_path / "models", webhook_secret=secret),
+        predictors=(lambda: cold_start_predictor, None),
+        registry=NO_REGISTRY,
+    )
+    ladder = app.state.service.ladder
+    genuine = [
+        {
+            "from_name": "threat_characterization",
+            "to_name": "text",
+            "type": "choices",
+            "value": {"choices": ["genuine"]},
+        }
+    ]
+    with ServerThread(app) as backend:
+        result = provision(ls_client, schema, sample_tasks[:3], "Webhook secret e2e", label_studio.url)
+        project = str(result.project_id)
+        for _ in range(2):  # idempotent: one webhook, with the header
+            connect_backend(ls_client, result.project_id, backend.url, webhook_secret=secret)
+        hooks = [h for h in ls_client.webhooks.list(project=project) if h.url.rstrip("/") == f"{backend.url}/webhook"]
+        assert len(hooks) == 1 and hooks[0].headers == {WEBHOOK_SECRET_HEADER: secret}
+        first, second = list(ls_client.tasks.list(project=result.project_id))[:2]
+        ls_client.annotations.create(id=first.id, result=genuine)  # Label Studio sends ANNOTATION_CREATED
+        wait_for_learned = ladder.wait(project, timeout=60) and ladder.serving(project).name == "instant"
+        assert wait_for_learned, ladder.snapshot()
+        assert ladder.snapshot()[project]["accepted_tasks"] == 1
+
+        # the same webhook without the secret (say, one somebody registered by hand) is refused: nothing learned
+        ls_client.webhooks.update(id=hooks[0].id, headers={WEBHOOK_SECRET_HEADER: "wrong"})
+        ls_client.annotations.create(id=second.id, result=genuine)
+        refused = 'workbench_requests_total{route="/webhook",status="401"} 1.0'
+        wait_for(lambda: refused in app.state.service.metrics.render().decode(), 30, "the refused webhook")
+        ladder.wait(project, timeout=60)
+        assert ladder.snapshot()[project]["accepted_tasks"] == 1
