@@ -90,34 +90,6 @@ async def setup(body: SetupRequest, request: Request) -> Any:
     return SetupResponse(model_version=service.ladder.serving(body.project).predictor.model_version)
 
 
-def _task_problem(service, datas: list[Any], where: list[str | int], required: bool = True) -> JSONResponse | None:
-    """The limits on tasks, for /predict and /webhook alike: at most WORKBENCH_MAX_TASKS tasks, and every text field
-    of the schema a string of at most WORKBENCH_MAX_TEXT_CHARS (413 above a limit, 422 for a wrong type; `required`:
-    a missing field is a 422 too). None when the tasks are within the limits."""
-    settings, schema = service.settings, service.schema
-    if len(datas) > settings.max_tasks:
-        message = f"{len(datas)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
-        return _error(413, where, message, "too_many")
-    needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
-    for index, data in enumerate(datas):
-        for name in needed:
-            value = data.get(name) if isinstance(data, dict) else None
-            loc: list[str | int] = [*where, index, "data", name]
-            if value is None:
-                if not required:
-                    continue
-                return _error(422, loc, f"task {index} has no field {name!r}", "missing")
-            if not isinstance(value, str):
-                return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
-            if len(value) > settings.max_text_chars:
-                message = (
-                    f"task {index}: {name!r} has {len(value)} characters; the limit is {settings.max_text_chars} "
-                    "(WORKBENCH_MAX_TEXT_CHARS)"
-                )
-                return _error(413, loc, message, "too_long")
-    return None
-
-
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
 def predict(body: PredictRequest, request: Request) -> Any:
     """Exactly one prediction per task, in task order, covering every dimension of the schema."""
@@ -154,6 +126,34 @@ def _count(service, predictions) -> None:
                 for item in value:
                     label = item["label"] if isinstance(item, dict) else item
                     metrics.predictions.labels(dimension=name, label=label).inc()
+
+
+def _task_problem(service, datas: list[Any], where: list[str | int], required: bool = True) -> JSONResponse | None:
+    """The limits on tasks, for /predict and /webhook alike: at most WORKBENCH_MAX_TASKS tasks, and every text field
+    of the schema a string of at most WORKBENCH_MAX_TEXT_CHARS (413 above a limit, 422 for a wrong type; `required`:
+    a missing field is a 422 too). None when the tasks are within the limits."""
+    settings, schema = service.settings, service.schema
+    if len(datas) > settings.max_tasks:
+        message = f"{len(datas)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
+        return _error(413, where, message, "too_many")
+    needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
+    for index, data in enumerate(datas):
+        for name in needed:
+            value = data.get(name) if isinstance(data, dict) else None
+            loc: list[str | int] = [*where, index, "data", name]
+            if value is None:
+                if not required:
+                    continue
+                return _error(422, loc, f"task {index} has no field {name!r}", "missing")
+            if not isinstance(value, str):
+                return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
+            if len(value) > settings.max_text_chars:
+                message = (
+                    f"task {index}: {name!r} has {len(value)} characters; the limit is {settings.max_text_chars} "
+                    "(WORKBENCH_MAX_TEXT_CHARS)"
+                )
+                return _error(413, loc, message, "too_long")
+    return None
 
 
 @router.post("/webhook", response_model=WebhookResponse, responses=ERRORS)
