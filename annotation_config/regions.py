@@ -187,10 +187,35 @@ class Prediction:
     scores: dict[str, float] = field(default_factory=dict)
     score: float = 0.0
 
-    def to_label_studio(self, schema: Schema, data: Mapping[str, Any], model_version: str) -> dict:
-        """The item Label Studio expects in `results` of a /predict response."""
+    def to_label_studio(
+        self, schema: Schema, data: Mapping[str, Any], model_version: str, max_spans: int | None = None
+    ) -> dict:
+        """The item Label Studio expects in `results` of a /predict response; `max_spans`: keep at most that many
+        span regions in the task, the highest-scoring ones (None: all)."""
+        labels = self.labels if max_spans is None else top_spans(schema, self.labels, max_spans)
         return {
-            "result": labels_to_results(schema, self.labels, data, self.scores),
+            "result": labels_to_results(schema, labels, data, self.scores),
             "score": float(self.score),
             "model_version": model_version,
         }
+
+
+def top_spans(schema: Schema, labels: Mapping[str, Any], limit: int) -> dict:
+    """A copy of a label record with at most `limit` spans over all span dimensions: the highest-scoring ones (ties:
+    the earlier span), each dimension still sorted by offsets."""
+    spans = [
+        (dim.name, i, span) for dim in schema.of_kind("spans") for i, span in enumerate(labels.get(dim.name) or [])
+    ]
+    if len(spans) <= limit:
+        return dict(labels)
+
+    def score(item: tuple[str, int, Any]) -> float:
+        span = item[2]
+        return float(span.get("score") or 0.0) if isinstance(span, Mapping) else 0.0
+
+    kept = {(name, i) for name, i, _ in sorted(spans, key=score, reverse=True)[:limit]}  # stable: ties keep order
+    capped = dict(labels)
+    for dim in schema.of_kind("spans"):
+        if labels.get(dim.name):
+            capped[dim.name] = [s for i, s in enumerate(labels[dim.name]) if (dim.name, i) in kept]
+    return capped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from annotation_config.errors import WorkbenchError
 from annotation_config.schema import Schema, load_schema
 from backend.holder import ModelHolder
 from backend.jobs import JobRunner, default_launcher
@@ -58,9 +60,12 @@ class Service:
         with self.record_lock:
             self.recorded += 1
             number = self.recorded
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{number:04d}-{route.strip('/') or 'root'}.json"
-        (folder / name).write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+        # 0600 from the first byte: request bodies hold annotators' texts and labels
+        descriptor = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload, indent=1, ensure_ascii=False))
 
 
 def _redacted(value: Any) -> Any:
@@ -75,8 +80,13 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey", "api-key", "authorization", "cookie")
+
+
 def _is_secret(key: str) -> bool:
-    return any(word in key.lower() for word in ("token", "password", "secret", "api_key"))
+    """Whether a body key names a credential: tokens, passwords, secrets, API keys and header-like keys
+    (Authorization, Cookie, Set-Cookie)."""
+    return any(word in str(key).lower() for word in SECRET_WORDS)
 
 
 def registry_link(models_dir: Path):
@@ -208,6 +218,13 @@ class SetupHosts:
 def create_app(settings: Settings | None = None, *, predictors=None, registry=None) -> FastAPI:
     """Build the app. `predictors` and `registry` override the defaults (cold start + training registry)."""
     settings = settings or Settings()
+    problem = settings.exposure_problem()
+    if problem:
+        raise WorkbenchError(problem)
+    if not settings.on_loopback and settings.basic_auth is None:
+        log.warning(
+            "listening on %s without basic auth (--insecure-no-auth): anyone who reaches it can use it", settings.host
+        )
     schema = load_schema(settings.schema_path)
     cold_start_factory, trained = predictors or default_predictors(settings, schema)
     current_model, versions = registry or registry_link(settings.models_dir)
@@ -282,10 +299,13 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     )
     app.state.service = service
     user, password = settings.basic_auth or (None, None)
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, user=user, password=password)
-    if settings.host and is_loopback(settings.host):
-        # Against DNS rebinding: a web page's script reaching 127.0.0.1 under its own domain name is refused.
-        hosts = ["127.0.0.1", "localhost", "::1", "[::1]", *settings.allowed_hosts]
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    app.add_middleware(
+        Guard, max_body_bytes=settings.max_body_bytes, user=user, password=password, webhook_secret=secret
+    )
+    hosts = settings.trusted_hosts()
+    if hosts:
+        # Against DNS rebinding: a web page's script reaching the backend under its own domain name is refused.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
 
     @app.middleware("http")  # added after Guard, so it runs first and also counts 401 and 413 answers
@@ -315,15 +335,3 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
     rung = service.ladder.serving(None)
     metrics.serving(rung.predictor.model_version, rung.predictor.kind)
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether an interface name or address is the loopback one (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -610,7 +610,9 @@ class InstantLearner:
         self._fit_lock = threading.Lock()  # one fit at a time (the embedding cache and the last fit are shared)
         self._tasks: dict[Any, _TaskState] = {}
         self._task_of: dict[Any, Any] = {}  # annotation id -> task id (ANNOTATIONS_DELETED carries ids only)
-        self._deleted: set[Any] = set()  # ids deleted here: an export read earlier must not bring them back
+        # ids of held annotations that a delete removed: an export read earlier must not bring them back. Only ids
+        # the learner held go here, so a delete naming ids it never saw changes nothing.
+        self._deleted: set[Any] = set()
         self._accepted: dict[Any, Example] = {}
         self._vectors: dict[str, np.ndarray] = {}  # text -> embedding, for the texts of accepted tasks
         self._backups: dict[str, Prediction] = {}  # task data -> the fallback's prediction of it
@@ -666,8 +668,9 @@ class InstantLearner:
                 task_id = task_id.get("id")
             if task_id is None and len(data_of) == 1:
                 task_id = next(iter(data_of))
-            if task_id is None or annotation["id"] in self._deleted:
-                continue
+            if task_id is None or (newer_only and annotation["id"] in self._deleted):
+                continue  # an export never brings back what a delete removed; a webhook after the delete may
+            self._deleted.discard(annotation["id"])
             state = self._tasks.setdefault(task_id, _TaskState())
             if isinstance(data_of.get(task_id), Mapping):
                 state.data = dict(data_of[task_id])
@@ -688,8 +691,8 @@ class InstantLearner:
         touched: set[Any] = set()
         for annotation in annotations:
             annotation_id = annotation.get("id") if isinstance(annotation, Mapping) else annotation
-            if annotation_id is None or isinstance(annotation_id, Mapping):
-                continue
+            if not isinstance(annotation_id, int | str) or annotation_id not in self._task_of:
+                continue  # only what the learner holds is removed; ids it never saw are not remembered
             self._deleted.add(annotation_id)
             task_id = self._task_of.pop(annotation_id, None)
             if task_id is not None and task_id in self._tasks:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Every event Label Studio (Community and Enterprise) sends to a webhook, plus the ML backend's own START_TRAINING.
 TRAINING_EVENTS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
@@ -87,6 +87,30 @@ class WebhookEvent(_Open):
     annotation: dict[str, Any] | list[dict[str, Any]] | None = None
     annotations: list[dict[str, Any]] | None = None
     task: dict[str, Any] | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _ids_are_scalars(self) -> WebhookEvent:
+        # An id is a key of the learner's tables: an object or a list there would be a 500, not bad input.
+        for where, value in self._ids():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+                raise ValueError(f"{where} must be an integer or a string, not {type(value).__name__}")
+        return self
+
+    def _ids(self) -> list[tuple[str, Any]]:
+        """(path, value) of every id the backend reads: project, annotations (and their task), tasks."""
+        found: list[tuple[str, Any]] = [("project.id", (self.project or {}).get("id"))]
+        groups = [("annotation", self.annotation), ("annotations", self.annotations), ("task", self.task)]
+        for name, group in groups:
+            items = group if isinstance(group, list) else [group] if group is not None else []
+            for index, item in enumerate(items):
+                where = f"{name}[{index}]" if isinstance(group, list) else name
+                found.append((f"{where}.id", item.get("id")))
+                task = item.get("task") if name != "task" else None
+                if isinstance(task, dict):
+                    found.append((f"{where}.task.id", task.get("id")))
+                else:
+                    found.append((f"{where}.task", task))
+        return found
 
 
 class WebhookResponse(BaseModel):

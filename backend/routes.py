@@ -116,31 +116,17 @@ def predict(body: PredictRequest, request: Request) -> Any:
         return refused
     if not body.tasks:
         return _error(422, ["body", "tasks"], "no tasks: send at least one", "empty")
-    if len(body.tasks) > settings.max_tasks:
-        message = f"{len(body.tasks)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
-        return _error(413, ["body", "tasks"], message, "too_many")
-    needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
-    for index, task in enumerate(body.tasks):
-        for name in needed:
-            value = task.data.get(name)
-            loc: list[str | int] = ["body", "tasks", index, "data", name]
-            if value is None:
-                return _error(422, loc, f"task {index} has no field {name!r}", "missing")
-            if not isinstance(value, str):
-                return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
-            if len(value) > settings.max_text_chars:
-                message = (
-                    f"task {index}: {name!r} has {len(value)} characters; the limit is {settings.max_text_chars} "
-                    "(WORKBENCH_MAX_TEXT_CHARS)"
-                )
-                return _error(413, loc, message, "too_long")
+    problem = _task_problem(service, [task.data for task in body.tasks], ["body", "tasks"])
+    if problem is not None:
+        return problem
     service.ladder.seen(body.project)
     # One model for the whole request, even if a new one is fitted or promoted meanwhile.
     predictor = service.ladder.serving(body.project).predictor
     datas = [task.data for task in body.tasks]
     predictions = predictor.predict(datas)
     results = [
-        p.to_label_studio(schema, data, predictor.model_version) for p, data in zip(predictions, datas, strict=True)
+        p.to_label_studio(schema, data, predictor.model_version, max_spans=settings.max_spans)
+        for p, data in zip(predictions, datas, strict=True)
     ]
     _count(service, predictions)
     return {"results": results, "model_version": predictor.model_version}
@@ -159,6 +145,34 @@ def _count(service, predictions) -> None:
                     metrics.predictions.labels(dimension=name, label=label).inc()
 
 
+def _task_problem(service, datas: list[Any], where: list[str | int], required: bool = True) -> JSONResponse | None:
+    """The limits on tasks, for /predict and /webhook alike: at most WORKBENCH_MAX_TASKS tasks, and every text field
+    of the schema a string of at most WORKBENCH_MAX_TEXT_CHARS (413 above a limit, 422 for a wrong type; `required`:
+    a missing field is a 422 too). None when the tasks are within the limits."""
+    settings, schema = service.settings, service.schema
+    if len(datas) > settings.max_tasks:
+        message = f"{len(datas)} tasks in one request; the limit is {settings.max_tasks} (WORKBENCH_MAX_TASKS)"
+        return _error(413, where, message, "too_many")
+    needed = list(dict.fromkeys([schema.data.text, *(d.field for d in schema.dimensions if d.field)]))
+    for index, data in enumerate(datas):
+        for name in needed:
+            value = data.get(name) if isinstance(data, dict) else None
+            loc: list[str | int] = [*where, index, "data", name]
+            if value is None:
+                if not required:
+                    continue
+                return _error(422, loc, f"task {index} has no field {name!r}", "missing")
+            if not isinstance(value, str):
+                return _error(422, loc, f"task {index}: {name!r} must be a string, not {type(value).__name__}", "type")
+            if len(value) > settings.max_text_chars:
+                message = (
+                    f"task {index}: {name!r} has {len(value)} characters; the limit is {settings.max_text_chars} "
+                    "(WORKBENCH_MAX_TEXT_CHARS)"
+                )
+                return _error(413, loc, message, "too_long")
+    return None
+
+
 @router.post("/webhook", response_model=WebhookResponse, responses=ERRORS)
 async def webhook(event: WebhookEvent, request: Request) -> Any:
     """Any Label Studio event; answers at once (Label Studio waits 1 s) and hands training to the job runner."""
@@ -167,13 +181,23 @@ async def webhook(event: WebhookEvent, request: Request) -> Any:
     if event.action not in KNOWN_EVENTS:
         message = f"unknown event {event.action!r}; expected one of {sorted(KNOWN_EVENTS)}"
         return _error(422, ["body", "action"], message, "unknown_event")
+    tasks = event.task if isinstance(event.task, list) else [event.task] if event.task is not None else []
+    problem = _task_problem(service, [task.get("data") for task in tasks], ["body", "task"], required=False)
+    if problem is not None:
+        return problem
+    # Training on demand is an operator action: with basic auth on it needs the credentials (the webhook secret
+    # alone will not do), and a `force` (not sent by Label Studio: for scripts) counts only with them.
+    operator = getattr(request.state, "operator", False)
+    if event.action == "START_TRAINING" and service.settings.basic_auth and not operator:
+        message = "START_TRAINING needs the basic-auth credentials (an operator action)"
+        return _error(401, ["header", "authorization"], message, "unauthorized")
     service.metrics.webhooks.labels(action=event.action).inc()
     project = _project_id(event)
     refused = _not_served(service, project, ["body", "project", "id"])
     if refused is not None:
         return refused
     if event.action == "START_TRAINING":
-        force = bool((event.model_extra or {}).get("force"))  # not sent by Label Studio: for scripts and tests
+        force = operator and bool((event.model_extra or {}).get("force"))
         status = service.jobs.submit("START_TRAINING", project, force=force)
     elif event.action in TRAINING_EVENTS:
         service.ladder.apply(project, event.model_dump())  # fast: the refit runs in the learner's own thread

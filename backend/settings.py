@@ -50,15 +50,38 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=20_000, ge=1, description="Longest text accepted in a task field.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
 
-    basic_auth_user: str | None = Field(default=None, description="Require HTTP basic auth on all routes but /health.")
+    basic_auth_user: str | None = Field(
+        default=None,
+        description="Require HTTP basic auth on every route but /health (/predict, /setup, /webhook, /versions, "
+        "/metrics, /docs, /redoc, /openapi.json). Off loopback it is required (see insecure_no_auth).",
+    )
     basic_auth_password: SecretStr | None = Field(default=None, description="Set with basic_auth_user, or neither.")
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="Listen off loopback without basic auth anyway (`serve --insecure-no-auth`); logs a warning at "
+        "start. Without it, a non-loopback interface with no WORKBENCH_BASIC_AUTH_USER / _PASSWORD refuses to start.",
+    )
     host: str | None = Field(
         default=None,
-        description="The interface the backend listens on (`serve` sets it). On loopback, requests whose Host header "
-        "names another server are refused (DNS rebinding).",
+        description="The interface the backend listens on (`serve` sets it). Requests whose Host header names another "
+        "server are refused with 400 (DNS rebinding); see allowed_hosts. Unset: no Host check.",
     )
     allowed_hosts: CommaList = Field(
-        default_factory=list, description="Further Host names accepted on loopback (comma-separated)."
+        default_factory=list,
+        description="Host names (comma-separated) accepted in the Host header besides the loopback names and the "
+        "interface address itself. Listening on all interfaces (0.0.0.0, ::) needs the names clients use, e.g. "
+        "the name Label Studio reaches the backend by, or '*' to accept any Host (no DNS-rebinding check): "
+        "without either the backend refuses to start.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret Label Studio sends in the X-Workbench-Webhook-Secret header of its webhooks "
+        "(`provision` and `up` register it; `up` generates and keeps one in credentials.json). When set, a /webhook "
+        "without the right header gets 401 and changes nothing. Unset: webhooks are learned as sent (a laptop, "
+        "tests), so set it, or basic auth, wherever others can reach the backend.",
+    )
+    max_spans: int = Field(
+        default=50, ge=0, description="Most span regions in one task's prediction (the highest-scoring are kept)."
     )
     allowed_ls_urls: CommaList = Field(
         default_factory=list,
@@ -135,6 +158,36 @@ class Settings(BaseSettings):
         return project is not None and str(project).split(".")[0].strip() in self.projects
 
     @property
+    def on_loopback(self) -> bool:
+        """Whether the backend listens on loopback only (an unset host counts: nothing else was asked for)."""
+        return self.host is None or is_loopback(self.host)
+
+    def exposure_problem(self) -> str | None:
+        """Why these settings must not start a server on `host` (one line), or None: the one rule for `serve`,
+        `up` and `create_app`. Off loopback: basic auth (or WORKBENCH_INSECURE_NO_AUTH), and on all interfaces
+        the Host names clients use (WORKBENCH_ALLOWED_HOSTS)."""
+        if self.on_loopback:
+            return None
+        if self.basic_auth is None and not self.insecure_no_auth:
+            return (
+                f"listening on {self.host} (not loopback) without basic auth: set WORKBENCH_BASIC_AUTH_USER and "
+                "WORKBENCH_BASIC_AUTH_PASSWORD, or pass --insecure-no-auth (WORKBENCH_INSECURE_NO_AUTH=true)"
+            )
+        if is_wildcard(self.host or "") and not self.allowed_hosts:
+            return (
+                f"listening on all interfaces ({self.host}) needs WORKBENCH_ALLOWED_HOSTS: the host names clients "
+                "such as Label Studio use to reach the backend (comma-separated), or '*' to accept any"
+            )
+        return None
+
+    def trusted_hosts(self) -> list[str] | None:
+        """Host header values the backend answers (against DNS rebinding); None: no check (host unset, or '*')."""
+        if self.host is None or "*" in self.allowed_hosts:
+            return None
+        own = [] if self.on_loopback else [self.host.strip("[]"), f"[{self.host.strip('[]')}]"]
+        return ["127.0.0.1", "localhost", "::1", "[::1]", *own, *self.allowed_hosts]
+
+    @property
     def label_studio_urls(self) -> set[str]:
         """The Label Studio servers training jobs may talk to, as origins (see `origin`)."""
         urls = [self.label_studio_url, *self.allowed_ls_urls]
@@ -170,6 +223,23 @@ class Settings(BaseSettings):
         if self.runtime == "onnx" and self.encoder_precision == "bf16":
             raise ValueError("WORKBENCH_PRECISION=bf16 needs WORKBENCH_RUNTIME=torch (ONNX Runtime: fp32 or int8)")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an interface name or address is the loopback one (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether an interface address means every interface (0.0.0.0, ::, or an empty name)."""
+    return host.strip("[]") in ("", "0.0.0.0", "::")
 
 
 def origin(url: str) -> str:

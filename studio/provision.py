@@ -20,6 +20,8 @@ IMPORT_BATCH = 500
 LS_TIMEOUT = 60.0
 LS_ATTEMPTS = 4
 LS_BACKOFF = 1.0
+# The header Label Studio's webhook to the backend carries WORKBENCH_WEBHOOK_SECRET in (see connect_backend).
+WEBHOOK_SECRET_HEADER = "X-Workbench-Webhook-Secret"
 
 T = TypeVar("T")
 
@@ -293,24 +295,71 @@ def connect_backend(
     url: str,
     title: str = "stance-workbench",
     basic_auth: tuple[str, str] | None = None,
+    webhook_secret: str | None = None,
 ) -> int:
     """Connect the ML backend at `url` to the project (reusing an existing connection); returns its id.
 
     Label Studio calls the backend's /health and /setup here, so a backend that is down or whose schema does not
-    fit the project's config fails now, with the backend's own message.
+    fit the project's config fails now, with the backend's own message. Its annotation events go through the
+    project webhook to `url`/webhook that Label Studio creates with the connection; that webhook gets the
+    `webhook_secret` header (see `ensure_backend_webhook`).
     """
     existing = call(lambda: list(client.ml.list(project=project_id)), "list ML backends")
-    for backend in existing:
-        if backend.url.rstrip("/") == url.rstrip("/"):
-            return backend.id
-    auth: dict[str, Any] = {}
+    backend_id = next((b.id for b in existing if b.url.rstrip("/") == url.rstrip("/")), None)
+    if backend_id is None:
+        auth: dict[str, Any] = {}
+        if basic_auth:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+        backend = call(
+            lambda: client.ml.create(project=project_id, url=url, title=title, is_interactive=False, **auth),
+            f"connect the ML backend at {url}",
+        )
+        backend_id = backend.id
+    ensure_backend_webhook(client, project_id, url, webhook_secret, basic_auth)
+    return backend_id
+
+
+def webhook_headers(webhook_secret: str | None, basic_auth: tuple[str, str] | None = None) -> dict[str, str]:
+    """The headers Label Studio's webhook sends the backend: the webhook secret, else (basic auth only) the
+    credentials, since Label Studio's webhooks, unlike its ML connection, know no basic auth."""
+    import base64
+
+    if webhook_secret:
+        return {WEBHOOK_SECRET_HEADER: webhook_secret}
     if basic_auth:
-        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
-    backend = call(
-        lambda: client.ml.create(project=project_id, url=url, title=title, is_interactive=False, **auth),
-        f"connect the ML backend at {url}",
-    )
-    return backend.id
+        pair = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
+def ensure_backend_webhook(
+    client: Any,
+    project_id: int,
+    backend_url: str,
+    webhook_secret: str | None,
+    basic_auth: tuple[str, str] | None = None,
+) -> int | None:
+    """Give the project's webhook to the backend (`backend_url`/webhook, all events with payload) the headers of
+    `webhook_headers`, creating the webhook if it is missing; its id (None: nothing to send, nothing done)."""
+    headers = webhook_headers(webhook_secret, basic_auth)
+    if not headers:
+        return None
+    target = backend_url.rstrip("/") + "/webhook"
+    hooks = call(lambda: list(client.webhooks.list(project=str(project_id))), "list webhooks")
+    hook = next((h for h in hooks if (h.url or "").rstrip("/") == target and h.project == project_id), None)
+    if hook is None:
+        created = call(
+            lambda: client.webhooks.create(
+                url=target, project=project_id, headers=headers, send_payload=True, send_for_all_actions=True
+            ),
+            f"create the webhook to {target}",
+        )
+        return int(created.id)
+    current = dict(hook.headers or {})
+    if any(current.get(name) != value for name, value in headers.items()):
+        merged = {**current, **headers}  # headers someone added by hand stay
+        call(lambda: client.webhooks.update(id=hook.id, headers=merged), f"update the webhook to {target}")
+    return int(hook.id)
 
 
 def request_predictions(client: Any, project_id: int) -> None:

@@ -442,3 +442,18 @@ def test_closed_form_lda_head_is_sklearns():
         theirs = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.9, priors=np.full(k, 1 / k)).fit(x, y)
         assert np.allclose(ours.coef, theirs.coef_) and np.allclose(ours.intercept, theirs.intercept_)
         assert np.allclose(np.stack([ours.proba(row) for row in x]), theirs.predict_proba(x))
+
+
+def test_a_delete_of_ids_never_held_changes_nothing_and_blinds_nothing(learner, schema):
+    """Issue 28: one forged ANNOTATIONS_DELETED for ids 1..20000 used to pre-fill the deleted set, so every later
+    real annotation with one of those ids was ignored until a restart."""
+    assert learner.apply_event(deleted(*range(1, 20_001))) is False
+    assert learner.apply_event(event(schema, "ANNOTATION_CREATED", 5, 5, {THREAT: "genuine"})) is True
+    assert accepted(learner) == {5: "genuine"}
+    # a delete still removes what the learner holds, and an older export does not bring it back
+    export = [
+        {"id": 5, "data": data_of(5), "annotations": [{**event(schema, "X", 5, 5, {THREAT: "genuine"})["annotation"]}]}
+    ]
+    assert learner.apply_event(deleted(5)) is True
+    learner.load_tasks(export)
+    assert learner.examples() == []

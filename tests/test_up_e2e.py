@@ -281,7 +281,8 @@ def test_next_task_in_the_labelling_stream_shows_the_instant_learners_suggestion
     result = provision(client, schema, sample_tasks[::18][:6], INSTANT_PROJECT, base)
     project_id = result.project_id
     try:
-        connect_backend(client, project_id, backend_url)
+        # the backend `up` started wants the webhook secret it keeps in credentials.json
+        connect_backend(client, project_id, backend_url, webhook_secret=credentials["webhook_secret"])
         request_predictions(client, project_id)
         deadline = time.monotonic() + INSTANT_TIMEOUT
         while True:

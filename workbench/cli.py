@@ -112,6 +112,22 @@ def provision(
     typer.echo(result.url)
 
 
+InsecureNoAuthOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Listen off loopback without basic auth (a warning at start); otherwise that refuses to start.",
+    ),
+]
+
+
+def _refuse_open_door(settings) -> None:
+    """Stop with one line when the settings would open the backend off loopback (the rule: Settings)."""
+    problem = settings.exposure_problem()
+    if problem:
+        raise WorkbenchError(problem)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar="WORKBENCH_HOST", help="Interface to listen on.")] = "127.0.0.1",
@@ -121,6 +137,7 @@ def serve(
     ] = None,
     schema: SchemaOption = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model).")] = 1,
+    insecure_no_auth: InsecureNoAuthOption = False,
 ) -> None:
     """Run the ML backend (Label Studio connects to it at http://HOST:PORT)."""
     import os
@@ -129,12 +146,20 @@ def serve(
 
     from backend.settings import Settings
 
-    overrides = {"models_dir": models, "schema_path": schema, "host": host}
+    overrides = {
+        "models_dir": models,
+        "schema_path": schema,
+        "host": host,
+        "insecure_no_auth": insecure_no_auth or None,
+    }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})  # a bad setting stops us here
+    _refuse_open_door(settings)
     _schema(settings.schema_path)  # fail here, with one line, rather than inside a worker
     # Workers are separate processes that rebuild the app from the environment.
     os.environ["WORKBENCH_MODELS_DIR"] = str(settings.models_dir)
     os.environ["WORKBENCH_HOST"] = host
+    if settings.insecure_no_auth:
+        os.environ["WORKBENCH_INSECURE_NO_AUTH"] = "true"
     if settings.schema_path:
         os.environ["WORKBENCH_SCHEMA"] = str(settings.schema_path)
     from workbench.services import port_is_free
@@ -166,12 +191,18 @@ def up(
     schema: SchemaOption = None,
     tasks: Annotated[Path | None, typer.Option(help="JSON-lines task file (default: the sample corpus).")] = None,
     title: Annotated[str | None, typer.Option(help="Project title (default: from the schema).")] = None,
+    insecure_no_auth: InsecureNoAuthOption = False,
 ) -> None:
     """Start Label Studio and the ML backend, provision and pre-annotate the sample project; Ctrl-C stops both."""
     from backend.settings import Settings
-    from workbench.up import UpOptions, run_up
+    from workbench.up import UpOptions, backend_allowed_hosts, run_up
 
-    Settings()  # the backend's settings, checked before anything starts (e.g. half a basic-auth configuration)
+    # The backend's settings, checked before anything starts (half a basic-auth configuration, an open door).
+    settings = Settings()
+    overrides = {"host": host, "allowed_hosts": backend_allowed_hosts(settings, backend_url)}
+    if insecure_no_auth:
+        overrides["insecure_no_auth"] = True
+    _refuse_open_door(settings.model_copy(update=overrides))
     if ls_url and not api_key:
         raise WorkbenchError("--ls-url needs --api-key (or LABEL_STUDIO_API_KEY) for that Label Studio")
     run_up(
@@ -186,6 +217,7 @@ def up(
             schema=schema,
             tasks=tasks,
             title=title,
+            insecure_no_auth=insecure_no_auth,
         )
     )
 

@@ -37,38 +37,74 @@ class UpOptions:
     schema: Path | None = None
     tasks: Path | None = None
     title: str | None = None
+    insecure_no_auth: bool = False
 
 
-def load_credentials(state_dir: Path) -> dict[str, str]:
-    """The local admin login and API token: from the environment, else generated once and kept (mode 0600)."""
+def _stored_credentials(state_dir: Path) -> dict[str, str]:
+    """What credentials.json holds ({} before the first run)."""
     path = state_dir / "credentials.json"
-    stored: dict[str, str] = {}
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise WorkbenchError(
-                f"{path} is not valid JSON: fix or delete it (a new login is then generated)"
-            ) from None
-    credentials = {
-        "username": os.environ.get("LABEL_STUDIO_USERNAME") or stored.get("username") or "admin@localhost.local",
-        "password": os.environ.get("LABEL_STUDIO_PASSWORD") or stored.get("password") or secrets.token_urlsafe(12),
-        "token": os.environ.get("LABEL_STUDIO_USER_TOKEN") or stored.get("token") or secrets.token_hex(20),
-    }
-    if credentials != stored:
+    if not path.exists():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise WorkbenchError(f"{path} is not valid JSON: fix or delete it (a new login is then generated)") from None
+    if not isinstance(stored, dict):
+        raise WorkbenchError(f"{path} is not a JSON object: fix or delete it (a new login is then generated)")
+    return stored
+
+
+def _save_credentials(state_dir: Path, updates: dict[str, str]) -> dict[str, str]:
+    """Merge `updates` into credentials.json (mode 0600 from the first byte, replaced atomically); the result."""
+    path = state_dir / "credentials.json"
+    stored = _stored_credentials(state_dir)
+    merged = {**stored, **updates}
+    if merged != stored:
         state_dir.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(credentials, handle, indent=1)
+            json.dump(merged, handle, indent=1)
         os.replace(temporary, path)
     os.chmod(path, 0o600)
-    return credentials
+    return merged
+
+
+def load_credentials(state_dir: Path) -> dict[str, str]:
+    """The local admin login and API token: from the environment, else generated once and kept (mode 0600).
+    `password_created` is "yes" on the run that generated the password (the only run that prints it)."""
+    stored = _stored_credentials(state_dir)
+    password = os.environ.get("LABEL_STUDIO_PASSWORD") or stored.get("password")
+    credentials = {
+        "username": os.environ.get("LABEL_STUDIO_USERNAME") or stored.get("username") or "admin@localhost.local",
+        "password": password or secrets.token_urlsafe(12),
+        "token": os.environ.get("LABEL_STUDIO_USER_TOKEN") or stored.get("token") or secrets.token_hex(20),
+    }
+    _save_credentials(state_dir, credentials)
+    return {**credentials, "password_created": "" if password else "yes"}
+
+
+def load_webhook_secret(state_dir: Path) -> str:
+    """WORKBENCH_WEBHOOK_SECRET, else the one kept in credentials.json, else a new one saved there."""
+    secret = os.environ.get("WORKBENCH_WEBHOOK_SECRET") or _stored_credentials(state_dir).get("webhook_secret")
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        _save_credentials(state_dir, {"webhook_secret": secret})
+    return secret
+
+
+def backend_allowed_hosts(settings: Any, backend_url: str | None) -> list[str]:
+    """WORKBENCH_ALLOWED_HOSTS plus the host name in --backend-url (Label Studio sends that Host header)."""
+    hosts = list(settings.allowed_hosts)
+    name = urlsplit(backend_url).hostname if backend_url else None
+    if name and name not in hosts:
+        hosts.append(name)
+    return hosts
 
 
 def both_on_loopback(options: UpOptions) -> bool:
     """Whether Label Studio and the backend both listen on loopback (only then may SSRF protection go off)."""
-    from backend.app import is_loopback
+    from backend.settings import is_loopback
 
     backend_host = urlsplit(options.backend_url).hostname if options.backend_url else options.host
     return is_loopback(options.host) and is_loopback(backend_host or "")
@@ -81,6 +117,8 @@ def start_backend(options: UpOptions, env: dict[str, str]) -> subprocess.Popen:
     log_path = options.state_dir / "backend.log"
     argv = [sys.executable, "-m", "workbench", "serve", "--host", options.host, "--port", str(options.backend_port)]
     argv += ["--models", str(options.state_dir / "models")]
+    if options.insecure_no_auth:
+        argv.append("--insecure-no-auth")
     if options.schema:
         argv += ["--schema", str(options.schema)]
     with open(log_path, "ab") as log:
@@ -134,18 +172,27 @@ def run_up(options: UpOptions) -> None:
             console.print(f"[green]✓[/] Label Studio at {ls_url}")
 
             status.update("starting the ML backend…")
+            from backend.settings import Settings
+
+            secret = load_webhook_secret(options.state_dir)
             env = {**os.environ, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": api_key}
+            env["WORKBENCH_WEBHOOK_SECRET"] = secret
+            hosts = backend_allowed_hosts(Settings(), options.backend_url)
+            if hosts:
+                env["WORKBENCH_ALLOWED_HOSTS"] = ",".join(hosts)
             backend = start_backend(options, env)
             backend_url = options.backend_url or f"http://{options.host}:{options.backend_port}"
             wait_for(f"{backend_url}/health", backend, "the ML backend", options.state_dir / "backend.log")
             console.print(f"[green]✓[/] ML backend at {backend_url}")
-            url = _provision_and_preannotate(options, status, schema, tasks, ls_url, api_key, backend_url)
+            url = _provision_and_preannotate(options, status, schema, tasks, ls_url, api_key, backend_url, secret)
 
         console.print(f"\n[bold]ready:[/] {url}")
-        if login:
+        if login and login["password_created"]:  # shown once, on the run that made it
             console.print(
                 f"log in as {login['username']} / {login['password']} (saved in {options.state_dir}/credentials.json)"
             )
+        elif login:
+            console.print(f"log in as {login['username']} (password in {options.state_dir}/credentials.json)")
         console.print("label in the browser; retrain with `workbench train`; Ctrl-C stops both servers")
         _watch(studio, backend)
     except KeyboardInterrupt:
@@ -184,7 +231,14 @@ def _label_studio(options: UpOptions) -> tuple[LabelStudioServer | None, str, st
 
 
 def _provision_and_preannotate(
-    options: UpOptions, status: Any, schema: Any, tasks: list[dict], ls_url: str, api_key: str, backend_url: str
+    options: UpOptions,
+    status: Any,
+    schema: Any,
+    tasks: list[dict],
+    ls_url: str,
+    api_key: str,
+    backend_url: str,
+    webhook_secret: str | None = None,
 ) -> str:
     """Create or update the project, connect the backend and ask for predictions of every task; the project URL."""
     from backend.settings import Settings
@@ -197,7 +251,8 @@ def _provision_and_preannotate(
         f"[green]✓[/] project {result.project_id}: {result.imported} tasks imported, {result.skipped} already there"
     )
     status.update("connecting the backend and pre-annotating every task…")
-    connect_backend(client, result.project_id, backend_url, basic_auth=Settings().basic_auth)
+    basic_auth = Settings().basic_auth
+    connect_backend(client, result.project_id, backend_url, basic_auth=basic_auth, webhook_secret=webhook_secret)
     request_predictions(client, result.project_id)
     console.print(f"[green]✓[/] predictions requested for {len(tasks)} tasks")
     return result.url
