@@ -23,7 +23,7 @@ import torch
 
 from annotation_config.schema import load_schema
 from training.pipeline import run_training
-from training.registry import Registry
+from training.registry import Registry, project_dir
 from training.trainer import _trainer_class
 from training.training_args import TrainingArguments
 
@@ -191,7 +191,7 @@ def test_two_processes_train_one_version_written_by_rank_0(two_processes):
     # rank 0 alone reports and writes: one summary, one version
     assert done.stdout.count("model folder:") == 1, done.stdout
     assert f"trained on 2 processes: global batch 4 (2 x {PER_DEVICE} per device)" in done.stdout
-    registry = Registry(two_processes.models)
+    registry = Registry(project_dir(two_processes.models, None))
     assert len(registry.versions()) == 1 and registry.current() == registry.versions()[0]
     manifest = registry.manifest(registry.current())
     assert manifest["training"] == {"processes": 2, "per_device_batch": PER_DEVICE, "global_batch": 4}
@@ -201,7 +201,7 @@ def test_two_processes_train_one_version_written_by_rank_0(two_processes):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_global_batch(two_processes, tiny, one_thread):
     assert two_processes.done.returncode == 0, two_processes.done.stderr[-3000:]
-    distributed = weights(two_processes.models)
+    distributed = weights(project_dir(two_processes.models, None))
     same_batch = weights(train_here(tiny, "models-1x4", PROCESSES * PER_DEVICE))
     assert max_difference(distributed, same_batch) < SAME
     # the comparison can fail: one process with the per-device batch takes other steps

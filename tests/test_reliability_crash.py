@@ -39,13 +39,14 @@ from tests.test_reliability_support import (  # noqa: F401 (torch_threads_restor
     write_export,
 )
 from tests.test_training_pipeline import synthetic_export
-from training.registry import REGISTRY_FILE, Registry, current_model
+from training.registry import REGISTRY_FILE, Registry, current_model, project_dir
 from workbench.services import free_port
 
 
 @pytest.fixture(scope="module")
 def promoted(schema, tmp_path_factory) -> tuple[Path, str, Path]:
-    """(models folder with one promoted tiny version, that version, an export file to train on)."""
+    """(registry with one promoted tiny version, that version, an export file to train on). The registry is that of
+    data naming no project, `<models folder>/projects/default`, as `train --from-export` of the export uses it."""
     import torch
 
     from training.pipeline import run_training
@@ -54,27 +55,31 @@ def promoted(schema, tmp_path_factory) -> tuple[Path, str, Path]:
     export = write_export(base / "export.json")
     threads = torch.get_num_threads()
     try:
-        outcome = run_training(synthetic_export(), schema, base / "models", TINY, source=str(export))
+        outcome = run_training(synthetic_export(), schema, project_dir(base / "models", None), TINY, source=str(export))
     finally:
         torch.set_num_threads(threads)
     assert outcome.promoted
-    return base / "models", outcome.version, export
+    return project_dir(base / "models", None), outcome.version, export
+
+
+def top(registry_root: Path) -> Path:
+    """The models folder a registry of `project_dir` lives in: what `--models` names."""
+    return registry_root.parent.parent
 
 
 @pytest.fixture
 def models(promoted, tmp_path) -> Path:
-    """A private copy of the promoted registry for one test."""
+    """A private copy of the models folder for one test; the promoted registry in it."""
     source, _, _ = promoted
-    target = tmp_path / "models"
-    shutil.copytree(source, target)
-    return target
+    shutil.copytree(top(source), tmp_path / "models")
+    return project_dir(tmp_path / "models", None)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_training_leaves_the_registry_as_it_was_and_the_next_run_cleans_up(promoted, models, tmp_path):
     _, first, export = promoted
     before = snapshot(models)
-    args = ["train", "--from-export", str(export), "--models", str(models), "--force", *TINY_CLI]
+    args = ["train", "--from-export", str(export), "--models", str(top(models)), "--force", *TINY_CLI]
     process = start_workbench(*args, log=tmp_path / "killed.log")
     # The version folder is written under .staging-<version>-<pid> and renamed only when complete: kill -9 while
     # that folder exists, i.e. in the middle of saving weights, tokenizer, plots and manifest.
@@ -95,7 +100,7 @@ def test_sigkill_mid_training_leaves_the_registry_as_it_was_and_the_next_run_cle
     registry = Registry(models)
     assert registry.current() == first and registry.versions() == [first]
     assert [entry["version"] for entry in registry.list()] == [first]  # the half version is not listed
-    assert current_model(models) == (first, models / first)  # what the backend would serve
+    assert current_model(top(models)) == (first, models / first)  # what the backend would serve
 
     done = run_workbench(*args)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -171,7 +176,7 @@ def test_sigkill_backend_during_reload_then_restart_serves_the_registry_current(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = child_env(WORKBENCH_RELOAD_INTERVAL="0.2", WORKBENCH_THREADS="1")
-    argv = ["serve", "--port", str(port), "--models", str(models)]
+    argv = ["serve", "--port", str(port), "--models", str(top(models))]
     server = start_workbench(*argv, log=tmp_path / "serve-1.log", env=env)
     try:
         health = wait_for(lambda: get_json(f"{url}/health"), 180, "the backend to start")
@@ -222,7 +227,7 @@ def test_disk_full_while_saving_weights_is_one_error_line_and_changes_nothing(pr
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
     code, _, err = run_cli_in_process(
-        monkeypatch, capsys, "train", "--from-export", str(export), "--models", str(models), "--force", *TINY_CLI
+        monkeypatch, capsys, "train", "--from-export", str(export), "--models", str(top(models)), "--force", *TINY_CLI
     )
     assert code == 1
     assert_one_error_line(err, "could not save model version", str(models), "No space left on device")
@@ -254,7 +259,7 @@ def test_disk_full_while_switching_the_pointer_keeps_the_old_one(promoted, model
 
     monkeypatch.setattr(os, "fsync", fsync_fails)
     code, _, err = run_cli_in_process(
-        monkeypatch, capsys, "models", "promote", second, "--models", str(models), "--force"
+        monkeypatch, capsys, "models", "promote", second, "--models", str(top(models)), "--force"
     )
     monkeypatch.undo()
     assert code == 1

@@ -25,7 +25,7 @@ from tests.test_reliability_support import (
     wait_for,
 )
 from tests.test_training_pipeline import synthetic_export
-from training.registry import REGISTRY_FILE, Registry
+from training.registry import REGISTRY_FILE, Registry, project_dir, project_registry
 from workbench.services import free_port
 
 
@@ -40,18 +40,20 @@ def _complete_version(folder: Path) -> None:
 )
 def test_promote_cannot_escape_the_models_folder(name, tmp_path, monkeypatch, capsys):
     models = tmp_path / "models"
-    _complete_version(models / "v1")
+    root = project_dir(models, "1")
+    _complete_version(root / "v1")
     _complete_version(tmp_path / "outside")  # looks like a complete version, but lives outside the models folder
-    _complete_version(models / ".staging-v1-1")  # hidden: a staging folder is never a version
-    Registry(models).promote("v1")
-    before = (models / REGISTRY_FILE).read_bytes()
-    code, _, err = run_cli_in_process(
-        monkeypatch, capsys, "models", "promote", name, "--models", str(models), "--force"
-    )
-    assert code == 1
-    assert_one_error_line(err)
-    assert (models / REGISTRY_FILE).read_bytes() == before
-    assert Registry(models).current() == "v1"
+    _complete_version(root / ".staging-v1-1")  # hidden: a staging folder is never a version
+    Registry(root).promote("v1", force=True)
+    before = (root / REGISTRY_FILE).read_bytes()
+    for project in ("1", name):  # neither a version name nor a project id leaves the folder
+        code, _, err = run_cli_in_process(
+            monkeypatch, capsys, "models", "promote", name, "--models", str(models), "--project", project, "--force"
+        )
+        assert code == 1
+        assert_one_error_line(err)
+        assert (root / REGISTRY_FILE).read_bytes() == before
+        assert Registry(root).current() == "v1"
 
 
 def test_training_jobs_get_the_token_through_the_environment_only():
@@ -282,7 +284,7 @@ def test_label_studio_token_never_reaches_logs_models_or_responses(tmp_path):
                 lambda: (h := get_json(f"{url}/health")) and h["training"]["state"] != "running" and h, 240, "job 2"
             )
             assert done["training"]["state"] == "succeeded", [p.read_text() for p in (models / "logs").glob("*.log")]
-            version = Registry(models).current()
+            version = project_registry(models, "1").current()
             wait_for(lambda: (get_json(f"{url}/health") or {}).get("model_version") == version, 60, "the reload")
 
             responses = [httpx.get(f"{url}{route}", timeout=30).text for route in ("/health", "/metrics", "/versions")]
@@ -308,19 +310,19 @@ def test_a_hand_edited_pointer_cannot_point_outside_the_registry(tmp_path):
     from training.registry import RegistryError, current_model
 
     models = tmp_path / "models"
-    models.mkdir()
+    project_dir(models, "1").mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "manifest.json").write_text("{}")
-    (models / "registry.json").write_text('{"current": "../outside", "history": []}')
+    (project_dir(models, "1") / "registry.json").write_text('{"current": "../outside", "history": []}')
     with pytest.raises(RegistryError, match="not a model version"):
-        current_model(models)
+        current_model(models, "1")
 
     class Serving:  # stands for the cold-start predictor: only its identity matters here
         kind, model_version = "cold-start", "cold-start-x"
 
     loaded: list = []
-    holder = ModelHolder(lambda: Serving(), lambda: current_model(models), lambda v, f: loaded.append(f))
+    holder = ModelHolder(lambda: Serving(), lambda: current_model(models, "1"), lambda v, f: loaded.append(f))
     assert holder.current.model_version == "cold-start-x" and loaded == []
     assert "cannot read the registry" in holder.last_error
 

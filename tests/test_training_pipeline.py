@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from training.cli import build_app
 from training.pipeline import run_training
 from training.predict import TrainedPredictor
-from training.registry import PromotionRefused, Registry, RegistryError
+from training.registry import Registry, RegistryError, project_dir
 from training.training_args import TrainingArguments
 
 PARAGRAPHS = [
@@ -72,7 +72,8 @@ def trained(schema, tmp_path_factory):
     export = models.parent / "export.json"
     export.write_text(json.dumps(synthetic_export()))
     started = time.perf_counter()
-    outcome = run_training(synthetic_export(), schema, models, TINY, source=str(export))
+    # the registry `train --from-export` uses for an export that names no project
+    outcome = run_training(synthetic_export(), schema, project_dir(models, None), TINY, source=str(export))
     outcome.timings["wall_seconds"] = time.perf_counter() - started
     print(f"\ntiny training timings: {json.dumps(outcome.timings, default=str)}")
     return outcome, models, export
@@ -81,9 +82,9 @@ def trained(schema, tmp_path_factory):
 def test_tiny_training_registers_and_promotes_a_complete_version(trained, schema):
     outcome, models, _ = trained
     assert outcome.status == "trained" and outcome.promoted
-    assert outcome.promotion.reason == "first promoted model"
-    folder = models / outcome.version
-    assert Registry(models).current() == outcome.version
+    assert outcome.promotion.reason.startswith("first promoted model; no rival was scored on its test split")
+    folder = outcome.model_dir
+    assert Registry(project_dir(models, None)).current() == outcome.version
     for name in ("config.json", "model.safetensors", "tokenizer.json", "label_maps.json", "calibration.json"):
         assert (folder / name).exists(), name
     for name in ("metrics.json", "manifest.json", "README.md", "test.jsonl", "plots/reliability.png"):
@@ -163,7 +164,7 @@ def test_if_new_data_exits_at_once(trained):
     assert result.exit_code == 0, result.output
     assert "no new accepted labels since model " + outcome.version in result.output
     assert time.perf_counter() - started < 10
-    assert Registry(models).versions() == [outcome.version]
+    assert Registry(project_dir(models, None)).versions() == [outcome.version]
 
 
 def test_evaluate_command_writes_a_report_with_plots(trained, tmp_path):
@@ -178,31 +179,22 @@ def test_evaluate_command_writes_a_report_with_plots(trained, tmp_path):
     assert (out / "plots" / "confusion_threat_characterization.png").exists()
 
 
-def test_gate_compares_both_models_on_the_candidate_test_split(trained):
+def test_gate_compares_both_models_on_their_shared_held_out_rows(trained):
     outcome, models, _ = trained
-    registry = Registry(models)
-
-    def clone(version: str, test_score: float | None = None) -> str:
-        shutil.copytree(models / outcome.version, models / version)
-        manifest = json.loads((models / version / "manifest.json").read_text())
-        (models / version / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
-        if test_score is not None:
-            metrics = json.loads((models / version / "metrics.json").read_text())
-            metrics["test"]["primary"] = test_score
-            (models / version / "metrics.json").write_text(json.dumps(metrics))
-        return version
-
-    same = clone("29990101T000000-same0000")
-    result = registry.promote(same)  # identical weights: equal score on the same rows, so not worse
+    root = project_dir(models, None)
+    registry = Registry(root)
+    same = "29990101T000000-same0000"
+    shutil.copytree(root / outcome.version, root / same)
+    manifest = json.loads((root / same / "manifest.json").read_text())
+    (root / same / "manifest.json").write_text(json.dumps({**manifest, "version": same}))
+    result = registry.promote(same)  # identical weights: the same answers on the same rows, so not worse
     assert result.promoted and result.candidate_score == pytest.approx(result.current_score)
-    worse = clone("29990102T000000-worse000", test_score=-1.0)
+    assert result.comparison["difference"] == 0 and result.comparison["worse_confidence"] == 0
+    assert result.comparison["n"] == len(registry.held_out_rows(same)[1]) > 0  # both versions' rows, once each
     runner = CliRunner()
-    refused = runner.invoke(build_app(), ["models", "promote", worse, "--models", str(models)])
-    assert isinstance(refused.exception, PromotionRefused)
-    assert "worse than the current model" in str(refused.exception)
     listed = runner.invoke(build_app(), ["models", "list", "--models", str(models), "--json"])
     statuses = {e["version"]: e["status"] for e in json.loads(listed.output)}
-    assert statuses == {outcome.version: "previous", same: "current", worse: "candidate"}
+    assert statuses == {outcome.version: "previous", same: "current"}
     back = runner.invoke(build_app(), ["models", "rollback", "--models", str(models)])
     assert back.exit_code == 0 and registry.current() == outcome.version
     again = runner.invoke(build_app(), ["models", "rollback", "--models", str(models)])
@@ -341,13 +333,15 @@ def test_the_first_candidate_is_gated_against_the_cold_start_and_instant_learner
         assert set(rival["dimensions"]) <= {d.name for d in schema.dimensions} and rival["dimensions"]
     assert rivals["instant_learner"]["model_version"].startswith("instant-")
     assert rivals["cold_start"]["model_version"].startswith("cold-start-")
-    best = max(r["primary"] for r in rivals.values())
-    candidate = metrics["test"]["primary"]
-    assert outcome.promoted is (candidate >= best)
+    assert all(len(r["answers"]) == len(test_rows) for r in rivals.values())  # per row: for the paired bootstrap
     entry = Registry(models).read()["history"][-1]
     assert entry["action"] == ("promote" if outcome.promoted else "refused")
-    assert "instant learner" in entry["reason"] and "cold start" in entry["reason"]
-    assert entry["current_score"] == best  # the best rival's score is recorded with the decision
+    assert entry["comparison"]["n"] == len(test_rows)
+    if outcome.promoted:  # not worse than either: the reason names the stronger one
+        assert entry["reason"].startswith("first promoted model; not worse than the")
+        assert entry["current_score"] == pytest.approx(max(r["primary"] for r in rivals.values()))
+    else:
+        assert entry["reason"].startswith("worse than the") and entry["comparison"]["worse_confidence"] >= 0.9
 
 
 def test_a_span_question_nobody_labelled_suggests_no_spans(schema, tmp_path):
