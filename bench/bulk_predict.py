@@ -68,11 +68,12 @@ def train_promoted(models: Path, tasks: list[dict]) -> str:
     """Train with the defaults and make the version current (force: this bench measures serving, not the gate)."""
     from annotation_config.schema import load_schema
     from training.pipeline import run_training
-    from training.registry import Registry
+    from training.registry import Registry, project_dir
     from training.training_args import TrainingArguments
 
-    outcome = run_training(tasks, load_schema(), models, TrainingArguments(progress=False), promote=False)
-    Registry(models).promote(outcome.version, force=True)
+    root = project_dir(models, None)  # `workbench predict` without --project serves this registry
+    outcome = run_training(tasks, load_schema(), root, TrainingArguments(progress=False), promote=False)
+    Registry(root).promote(outcome.version, force=True)
     return outcome.version
 
 
@@ -182,7 +183,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         models = Path(scratch) / "models"
         version = train_promoted(models, dev_tasks())
-        model_dir = models / version
+        from training.registry import project_dir
+
+        model_dir = project_dir(models, None) / version
         serving = json.loads((model_dir / "manifest.json").read_text())["serving"]
         print(f"model {version}: serving {serving['runtime']} ({serving['reason']})")
 

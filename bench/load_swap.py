@@ -166,9 +166,9 @@ def main() -> int:
     try:
         print("training the first tiny model ...", flush=True)
         workbench("train", "--from-export", str(export_a), "--models", str(models), *TRAIN_ARGS)
-        from training.registry import Registry
+        from training.registry import current_model
 
-        version_a = Registry(models).current()
+        version_a = current_model(models)[0]  # the registry of an export that names no project
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = child_env(

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from training.registry import project_dir  # noqa: E402  (after the path above)
+
 SEMEVAL_SCHEMA = REPO / "bench" / "schemas" / "semeval2016.yaml"
 SEMEVAL_DATA = REPO.parent / "shared" / "data" / "semeval2016" / "semeval2016-task6-trainingdata.txt"
 
@@ -246,9 +248,10 @@ def measure(
                     row["swap_seconds"] = done["seen_at"] - job["finished_at"]
                 if job["state"] != "succeeded":
                     row["error"] = job.get("error")
-                version = _newest_version(settings.models_dir)
+                registry_root = project_dir(settings.models_dir, None)  # the export names no project
+                version = _newest_version(registry_root)
                 if version:
-                    manifest = json.loads((settings.models_dir / version / "manifest.json").read_text())
+                    manifest = json.loads((registry_root / version / "manifest.json").read_text())
                     timings = manifest.get("timings", {})
                     row["pipeline"] = {k: v for k, v in timings.items() if k.endswith("_seconds")}
                     row["train_phases"] = timings.get("train_phases")
@@ -261,7 +264,7 @@ def measure(
                         # the manifest is written before promotion: its timings hold no promote_seconds, so the
                         # promotion gate falls into this remainder, with the process start and the export read
                         row["child_overhead_seconds"] = row["job_seconds"] - timings.get("total_seconds", 0.0)
-                    registry = json.loads((settings.models_dir / "registry.json").read_text())
+                    registry = json.loads((registry_root / "registry.json").read_text())
                     row["gate"] = (registry.get("history") or [{}])[-1].get("reason")
                 if done["served"]:
                     sample = tasks[0]["data"]
