@@ -560,3 +560,19 @@ def test_held_out_texts_with_unicode_line_separators_are_one_row_each(tmp_path):
     )
     assert read_rows(tmp_path / version / "test.jsonl") == rows
     assert promote(registry, version).promoted  # before: a JSONDecodeError in every later gated promotion
+
+
+def test_evaluate_current_never_leaves_the_registry_folder(tmp_path):
+    """A hand-edited pointer naming a folder outside the registry is refused in one line, not evaluated."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    root = project_registry(tmp_path / "models", "1").root
+    root.mkdir(parents=True)
+    (root / "registry.json").write_text(json.dumps({"current": "../../../outside", "history": []}))
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"key": "k", "text": "x"}) + "\n")
+    command = [sys.executable, "-m", "training", "evaluate", "--model", "current", "--data", str(data)]
+    done = subprocess.run([*command, "--models", str(tmp_path / "models")], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "is not a model version" in done.stderr and done.stderr.strip().count("\n") == 0
