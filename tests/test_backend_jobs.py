@@ -256,3 +256,27 @@ def test_workers_sharing_a_models_folder_run_one_job_and_show_the_same_one(tmp_p
     (models / STATUS_FILE).write_text(json.dumps(shared))
     seen_a = a.snapshot()
     assert seen_a["state"] == "failed" and "worker that ran this job stopped" in seen_a["error"]
+
+
+def test_a_follow_up_runs_for_the_project_that_asked_and_train_every_counts_per_project(tmp_path):
+    """A request for project 2 while project 1's job runs is run next for project 2 (a job trains one project's
+    registry), and `train_every` counts each project's new annotations on their own."""
+    asked: list[str | None] = []
+
+    def command(project):
+        asked.append(project)
+        return [sys.executable, "-c", "import time; time.sleep(1)"], {}
+
+    class Plain(ColdLauncher):
+        def start(self, args, env, log_path):
+            with open(log_path, "ab") as log_file:
+                return subprocess.Popen(list(args), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    runner = JobRunner(command, tmp_path / "logs", launcher=Plain(), models_dir=tmp_path, train_every=2)
+    assert runner.submit("START_TRAINING", "1") == "queued"
+    assert runner.submit("START_TRAINING", "2") == "busy"
+    wait_for(lambda: runner.snapshot()["jobs_started"] == 2 and runner.snapshot()["state"] != "running", 60, "2 jobs")
+    assert asked == ["1", "2"]
+    assert runner.annotation_changed("3") == "recorded" and runner.annotation_changed("4") == "recorded"
+    assert runner.annotation_changed("3") == "queued" and asked[-1] == "3"  # the second change of project 3
+    finished(runner)
