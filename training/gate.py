@@ -14,8 +14,10 @@ Counts per dimension, one row per example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import numpy as np
 # Refuse only when the candidate is worse in at least this share of the paired resamples ("worse with 90%
 # confidence"); a candidate within noise of what serves is promoted, since it learnt from more labels.
 GATE_CONFIDENCE = 0.9
+COUNTS_FILE = "gate_counts.npz"  # a version's answers on its test split, from the heads fitted without those rows
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: the same rows and answers always give the same decision
 
@@ -38,6 +41,23 @@ class RowCounts:
     def n(self) -> int:
         """Number of rows."""
         return next((len(c) for c in self.counts.values()), 0)
+
+    def take(self, rows: Sequence[int]) -> RowCounts:
+        """The counts of these rows only (by index), in that order."""
+        index = np.asarray(list(rows), dtype=int)
+        return RowCounts(dict(self.kinds), {name: c[index] for name, c in self.counts.items()})
+
+    def save(self, path: str | Path) -> None:
+        """Write as .npz: one array per dimension, and the kinds as JSON (plain arrays, no pickle)."""
+        arrays = {f"counts/{name}": c for name, c in self.counts.items()}
+        np.savez(path, kinds=np.array(json.dumps(dict(self.kinds))), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RowCounts:
+        """Read what `save` wrote."""
+        with np.load(path, allow_pickle=False) as data:
+            kinds = json.loads(str(data["kinds"]))
+            return cls(kinds, {name: np.asarray(data[f"counts/{name}"]) for name in kinds})
 
 
 @dataclass(frozen=True)

@@ -263,13 +263,21 @@ def run_training(
             serving = check_onnx_runtime(folder, model, tokenizer, outputs["test"][0])
             timings["onnx_seconds"] = time.perf_counter() - mark_onnx
         save_report(metrics["test"], folder, name="report.json", plots=True)
+        test_rows, test_out = outputs["test"]
+        if test_out is not None:
+            # The served heads are refitted on every row, these included: the gate reads the answers of the heads
+            # that never saw them (what metrics.json scores), not the saved model's (training/gate.py).
+            from training.gate import COUNTS_FILE, row_counts
+
+            counts = row_counts(config.dimensions, test_rows, served["test"], test_out.spans, thresholds)
+            counts.save(folder / COUNTS_FILE)
         (folder / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         for name in ("validation", "test"):
             with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as handle:
                 for row in outputs[name][0]:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         (folder / "held_out.json").write_text(json.dumps([h.to_dict() for h in accepted.held_out], indent=2) + "\n")
-        # the split groups this version learnt from, so a later gate leaves their rows out (Registry.shared_rows)
+        # the split groups this version learnt from, so a later gate tells rows new to it (Registry.unseen_by)
         column = group_column(schema)
         groups = {"column": column, **{n: sorted({str(r.get(column)) for r in dataset[n]}) for n in dataset}}
         (folder / GROUPS_FILE).write_text(json.dumps(groups, ensure_ascii=False) + "\n")

@@ -59,7 +59,12 @@ JOB_TOKEN_ENV = "WORKBENCH_JOB_TOKEN"
 SKIPPED_EXIT_ENV = "WORKBENCH_SKIPPED_EXIT_CODE"
 SKIPPED_EXIT_CODE = 3
 GATE_SPLITS = ("test", "validation")  # a version's held-out rows for the gate: its first non-empty split
-GROUPS_FILE = "groups.json"  # {"column": group column, "train": [...], "validation": [...]}: what a version saw
+GROUPS_FILE = "groups.json"  # {"column": group column, "train": [...], "validation": [...], "test": [...]}
+NO_HELD_OUT_ROWS = (
+    "no held-out rows to test it on (too few labelled tasks, or too few groups, for a test split), so it would serve "
+    "unchecked; label more tasks, or promote with --force if you checked the model"
+)
+GATE_MIN_UNSEEN = 20  # fewer rows new to the current model than this: the gate compares on the whole split
 PROJECTS_DIR = "projects"
 DEFAULT_PROJECT = "default"  # the registry of data that names no Label Studio project
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -487,12 +492,15 @@ class Registry:
     ) -> PromotionResult:
         """Make `version` current unless the gate finds it worse than what serves, on evidence.
 
-        The gate (see `_gate`) scores the candidate and what serves on the same held-out rows, with a paired
-        bootstrap (training/gate.py): it refuses only when the candidate is worse with 90% confidence, and a
-        candidate with no held-out rows at all is refused (it would serve unchecked). A decision is recorded in
-        the history with its reason and interval; `force=True` skips the comparison. With `schema`, a model whose
-        label maps do not fit it is refused, forced or not (it could not serve). With `job_token` (a backend job),
-        the promotion happens only if this call claims the token: a job the backend gave up on never promotes.
+        The gate scores the candidate and what serves on the same rows of the candidate's held-out split: the
+        candidate's answers as its training run saved them (heads fitted without those rows), the current model's on
+        the rows it never learnt from (all of the split when fewer than GATE_MIN_UNSEEN are new to it), the first
+        model's rivals' as the run recorded them. A paired bootstrap (training/gate.py) refuses only a candidate
+        worse with 90% confidence; a candidate with no held-out rows at all is refused (it would serve unchecked).
+        A decision is recorded in the history with its reason and interval; `force=True` skips the comparison.
+        With `schema`, a model whose label maps do not fit it is refused, forced or not (it could not serve). With
+        `job_token` (a backend job), the promotion happens only if this call claims the token: a job the backend
+        gave up on never promotes.
         """
         folder = self.path(version)
         with self._locked() as data:
@@ -543,18 +551,20 @@ class Registry:
                 f"the schema changed ({serving.get('schema_hash')} -> "
                 f"{candidate.get('schema_hash')}): the current model cannot answer it",
             )
-        rows = self.shared_rows(version, current)
+        split, rows = self.held_out_rows(version)
         if not rows:
-            reason = (
-                f"no held-out rows that neither {version} nor {current} learnt from, so nothing shows it is not "
-                "worse; label more tasks, or promote with --force if you checked the model"
-            )
-            return PromotionResult(False, version, current, reason)
+            return PromotionResult(False, version, current, NO_HELD_OUT_ROWS)
+        unseen = self.unseen_by(current, rows)
+        where = f"on the {len(unseen)} rows of its {split} split that {current} never learnt from"
+        if len(unseen) < GATE_MIN_UNSEEN:  # too few new rows to judge: all of them, though the current one saw some
+            unseen = list(range(len(rows)))
+            where = f"on its {split} split, parts of which {current} learnt from (which favours it)"
         from training.gate import paired_bootstrap
 
-        comparison = paired_bootstrap(answer(folder, rows), answer(self.root / current, rows))
-        where = "on the held-out rows of both versions"
-        return self._decide(version, current, comparison, f"the current model {current}", where, "shared")
+        shared = [rows[i] for i in unseen]
+        mine = self._own_counts(version, folder, rows, answer).take(unseen)
+        comparison = paired_bootstrap(mine, answer(self.root / current, shared))
+        return self._decide(version, current, comparison, f"the current model {current}", where, split)
 
     def _decide(
         self, version: str, current: str | None, comparison: Comparison, rival: str, where: str, split: str
@@ -575,23 +585,28 @@ class Registry:
                 return split, rows
         return None, []
 
-    def shared_rows(self, version: str, current: str) -> list[dict[str, Any]]:
-        """The gate's rows for a candidate against the current model: both versions' held-out rows, without the
-        rows of any split group either of them learnt from (train or validation), each row once."""
-        seen: set[str] = set()
-        columns: set[str] = set()
-        for name in (version, current):
-            groups = _read_groups(self.root / name)
-            if groups is not None:
-                columns.add(groups["column"])
-                seen |= {str(g) for g in [*groups.get("train", []), *groups.get("validation", [])]}
-        rows: dict[str, dict[str, Any]] = {}
-        for name in (version, current):
-            for row in self.held_out_rows(name)[1]:
-                if any(str(row.get(column)) in seen for column in columns if row.get(column) is not None):
-                    continue
-                rows.setdefault(str(row.get("key")), row)
-        return list(rows.values())
+    def unseen_by(self, version: str, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Indices of the rows whose split group `version` never learnt from (its served heads are refitted on all
+        its splits, so all count); every row when the version does not say (versions before groups.json)."""
+        groups = _read_groups(self.root / version)
+        if groups is None:
+            return list(range(len(rows)))
+        column = groups["column"]
+        seen = {str(g) for split in ("train", "validation", "test") for g in groups.get(split, [])}
+        return [i for i, row in enumerate(rows) if str(row.get(column)) not in seen]
+
+    def _own_counts(self, version: str, folder: Path, rows: Sequence[Mapping[str, Any]], answer: Answerer) -> RowCounts:
+        """A version's answers on its held-out rows as its training run saved them (heads that never saw the rows);
+        the saved model's own answers for versions from before that file (its served heads may have seen them)."""
+        from training.gate import COUNTS_FILE
+        from training.gate import RowCounts as Counts
+
+        path = folder / COUNTS_FILE
+        if path.exists():
+            counts = Counts.load(path)
+            if counts.n == len(rows):
+                return counts
+        return answer(folder, rows)
 
     def _against_rivals(self, version: str, folder: Path, answer: Answerer) -> PromotionResult:
         """The first fine-tuned model replaces what serves before it (the cold start, then the instant learner) unless
@@ -599,11 +614,7 @@ class Registry:
         (metrics.json "rivals"). A candidate without held-out rows is refused: it would serve unchecked."""
         split, rows = self.held_out_rows(version)
         if not rows:
-            reason = (
-                "no held-out rows to test it on (too few labelled tasks, or too few groups, for a test split), so it "
-                "would serve unchecked; label more tasks, or promote with --force if you checked the model"
-            )
-            return PromotionResult(False, version, None, reason)
+            return PromotionResult(False, version, None, NO_HELD_OUT_ROWS)
         metrics = self.metrics(version)
         rivals = {
             name: rival
@@ -618,7 +629,7 @@ class Registry:
         from training.gate import paired_bootstrap
 
         dimensions = self.manifest(version).get("dimensions") or []
-        mine = answer(folder, rows)
+        mine = self._own_counts(version, folder, rows, answer)
         shown = {"cold_start": "the cold start", "instant_learner": "the instant learner"}
         where = f"on its {split} split"
         results = []
