@@ -143,7 +143,9 @@ def test_push_uploads_card_and_parquet_in_one_commit(tmp_path: Path, schema):
     assert state["validated"] == "dataset"
     first, second = state["commits"]
     local = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert sorted(first["files"]) == local
+    assert ".workbench-export" in local  # the export's local marker (export --out reuses only such folders) ...
+    local.remove(".workbench-export")
+    assert sorted(first["files"]) == local  # ... is not part of the dataset
     assert "README.md" in local and {
         "aggregated/train-00000-of-00001.parquet",
         "raw/train-00000-of-00001.parquet",

@@ -5,7 +5,8 @@ Layout: one registry per Label Studio project, so a model trained on one project
   models/projects/<project>/<version>/      weights, tokenizer, label_maps.json, calibration.json, thresholds.json
       (multi-choice decision thresholds), ngram.npz + embedding_heads.npz (the blend's companions), prior.npz,
       metrics.json, manifest.json, README.md (model card), test.jsonl / validation.jsonl (held-out rows for the
-      gate), groups.json (the split groups it learnt from)
+      gate), gate_counts.npz (its answers on the test rows, training/gate.py), groups.json (the split groups it
+      learnt from)
 `<project>` is the Label Studio project id ("1"), or "default" for data that names no project. A models folder of
 the older single-registry layout (registry.json and versions at its top) is moved into this one on first use
 (`migrate_single_registry`): each version goes to the project its manifest's `source` names.
