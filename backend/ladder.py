@@ -171,8 +171,6 @@ class Ladder:
 
     def _behind(self, state: _Project, top: Rung, lower: Rung) -> str | None:
         """Why `top` is behind `lower` on the same recent annotations, or None while it is not (or too few)."""
-        if top.name == "trained" and top.predictor.model_version in state.demoted:
-            return state.demoted[top.predictor.model_version]
         mine, theirs = self._key(top), self._key(lower)
         shared = [s for s in list(state.scores) if mine in s and theirs in s]
         if len(shared) < MIN_SCORED:
