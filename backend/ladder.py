@@ -282,8 +282,11 @@ class Ladder:
             }
         return out
 
-    def versions(self) -> list[str]:
-        """The instant versions that serve now, one per project with labels."""
+    def versions(self, project: str | None = None) -> list[str]:
+        """The instant versions that serve now: that of `project`, or one per project with labels (None)."""
+        if project is not None:
+            state = self._state(project)
+            return [state.fitted.model_version] if state is not None and state.fitted is not None else []
         with self._lock:
             return [s.fitted.model_version for s in self._projects.values() if s.fitted is not None]
 

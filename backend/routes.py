@@ -226,7 +226,7 @@ def versions(request: Request, project: str | None = None) -> Versions:
     except Exception:
         trained = []
     return Versions(
-        versions=[cold_start, *service.ladder.versions(), *trained],
+        versions=[cold_start, *service.ladder.versions(project), *trained],
         current=rung.predictor.model_version,
         rung=rung.name,
         rung_reason=rung.reason,
