@@ -10,10 +10,14 @@ seen (a /setup, /predict or webhook naming it), from the project's stored annota
 the operator configured (never from a host a request named), so a restart loses nothing.
 
 What serves is decided on evidence, test-then-train: before a learner learns from a newly accepted annotation,
-each rung's suggestion for that task is scored against the accepted labels (`agreement`). The highest rung that is
-available serves (a promoted model passed its gate) until, over the last RUNNING_WINDOW scored annotations it was
-scored on, a lower rung has a better mean on the same annotations (at least MIN_SCORED of them): then the lower rung
-serves. A fine-tuned version that fell behind stays down until a new version is promoted. /health shows the scores.
+each rung's suggestion for that task is scored against the accepted labels, and a rung's running score is the
+primary metric (training/evaluation.py: mean macro-F1 over the questions) of its suggestions over the last
+RUNNING_WINDOW scored annotations. A promoted model serves (it passed its gate) until the instant learner scores
+higher on the same recent annotations (at least MIN_SCORED of them); that version then stays down until a new one is
+promoted. The instant learner and the cold start are scored too (/health shows every running score), but the
+instant learner is not replaced by the cold start: over a few dozen annotations the cold start's abstentions often
+tie or beat a learner that is still learning the rare labels, and a learner that stopped serving its fits would
+stop showing the annotator what it learnt.
 
 At most `max_projects` projects are held (least recently used first out); one that comes back reads its stored
 annotations again.
@@ -28,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from annotation_config.schema import Schema
 from backend.holder import ModelHolder
@@ -56,23 +62,17 @@ class Rung:
     reason: str
 
 
-def agreement(schema: Schema, prediction: Any, labels: Mapping[str, Any]) -> float | None:
-    """How well one suggestion matches accepted labels: the mean over the choice questions the labels answer of 1/0
-    (single choice) or the Jaccard overlap of the ticked labels (multi choice; both empty: 1). None: no question."""
-    given = getattr(prediction, "labels", {}) or {}
-    scores = []
-    for dim in schema.dimensions:
-        gold = labels.get(dim.name)
-        if gold is None or dim.kind == "spans":
-            continue
-        answer = given.get(dim.name)
-        if dim.kind == "single":
-            scores.append(float(answer == gold))
-        else:
-            mine = {a["label"] if isinstance(a, Mapping) else a for a in answer or []}
-            truth = set(gold)
-            scores.append(len(mine & truth) / len(mine | truth) if mine | truth else 1.0)
-    return sum(scores) / len(scores) if scores else None
+def window_score(scores: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """The primary metric of one rung's suggestions over scored annotations (each a {rung key: RowCounts of one
+    row}), from the same per-row counts the promotion gate uses; None when no question had gold labels."""
+    from training.gate import RowCounts, primary_scores
+
+    rows = [s[key] for s in scores if key in s]
+    if not rows:
+        return None
+    stacked = RowCounts(rows[0].kinds, {name: np.vstack([r.counts[name] for r in rows]) for name in rows[0].kinds})
+    value = primary_scores(stacked, np.ones((1, len(rows))))[0]
+    return None if np.isnan(value) else float(value)
 
 
 class _Project:
@@ -84,8 +84,9 @@ class _Project:
         self.fitted: InstantPredictor | None = None
         self.loaded = False  # stored annotations read (or nothing to read)
         self.load_error: str | None = None
-        # per scored annotation: {rung key: agreement}; the trained rung's key names its version
-        self.scores: deque[dict[str, float]] = deque(maxlen=RUNNING_WINDOW)
+        # per scored annotation: {rung key: its answer's counts (training.gate.RowCounts, one row)}; the trained
+        # rung's key names its version
+        self.scores: deque[dict[str, Any]] = deque(maxlen=RUNNING_WINDOW)
         self.demoted: dict[str, str] = {}  # fine-tuned version -> why it stopped serving
         self.pending: list[Future] = []  # scorings not finished yet
 
@@ -134,6 +135,8 @@ class Ladder:
         if state is None:
             return top
         for lower in rungs[1:]:
+            if (top.name, lower.name) != ("trained", "instant"):
+                continue  # see the module docstring: the instant learner is not replaced by the cold start
             behind = self._behind(state, top, lower)
             if behind is None:
                 continue
@@ -175,26 +178,26 @@ class Ladder:
         shared = [s for s in list(state.scores) if mine in s and theirs in s]
         if len(shared) < MIN_SCORED:
             return None
-        top_mean = sum(s[mine] for s in shared) / len(shared)
-        lower_mean = sum(s[theirs] for s in shared) / len(shared)
-        if top_mean >= lower_mean:
+        top_mean, lower_mean = window_score(shared, mine), window_score(shared, theirs)
+        if top_mean is None or lower_mean is None or top_mean >= lower_mean:
             return None
         shown = {"trained": f"the fine-tuned model {top.predictor.model_version}", "instant": "the instant learner"}
         return (
-            f"{shown.get(top.name, top.name)} agreed less with the last {len(shared)} accepted annotations "
-            f"({top_mean:.2f} vs {lower_mean:.2f})"
+            f"{shown.get(top.name, top.name)} scored lower on the last {len(shared)} accepted annotations "
+            f"({top_mean:.2f} vs {lower_mean:.2f} mean macro-F1)"
         )
 
     def running_scores(self, project: str | None) -> dict[str, dict[str, Any]]:
-        """Per rung key: the mean agreement with the recent accepted annotations it was scored on, and how many."""
+        """Per rung key: the primary metric of its suggestions on the recent accepted annotations it was scored
+        on, and how many."""
         state = self._state(project)
-        out: dict[str, dict[str, Any]] = {}
-        for scores in list(state.scores) if state is not None else []:
-            for key, value in scores.items():
-                entry = out.setdefault(key, {"sum": 0.0, "n": 0})
-                entry["sum"] += value
-                entry["n"] += 1
-        return {key: {"mean": round(e["sum"] / e["n"], 4), "n": e["n"]} for key, e in out.items()}
+        scores = list(state.scores) if state is not None else []
+        keys = dict.fromkeys(key for s in scores for key in s)
+        out = {}
+        for key in keys:
+            value = window_score(scores, key)
+            out[key] = {"primary": None if value is None else round(value, 4), "n": sum(key in s for s in scores)}
+        return out
 
     def project_of(self, project: str | None) -> str:
         """The registry a request for `project` is served from: its id, the only project seen, or "default"."""
@@ -231,6 +234,9 @@ class Ladder:
         return changed
 
     def _score(self, state: _Project, rungs: Sequence[Rung], examples: Sequence[Any]) -> None:
+        from training.evaluation import answers_row_counts, schema_dimensions
+
+        dimensions = schema_dimensions(self.schema)
         datas = [example.data for example in examples]
         answers = {}
         for rung in rungs:
@@ -239,11 +245,7 @@ class Ladder:
             except Exception as error:  # a rung that cannot answer is not scored; serving goes on
                 log.warning("project %s: could not score %s: %s", state.project_id, rung.name, error)
         for i, example in enumerate(examples):
-            scores = {}
-            for key, predictions in answers.items():
-                value = agreement(self.schema, predictions[i], example.labels)
-                if value is not None:
-                    scores[key] = value
+            scores = {key: answers_row_counts(dimensions, [example.labels], [p[i]]) for key, p in answers.items()}
             if scores:
                 state.scores.append(scores)
 

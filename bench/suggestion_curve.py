@@ -676,7 +676,7 @@ def main() -> None:
         with ServerThread(app) as server:
             backend = Backend(server.url, schema, args.poll_ms / 1000)
             print(f"backend on {server.url}; cold start {backend.version(1)}", flush=True)
-            embedder = app.state.service.holder.cold_start.embedder
+            embedder = app.state.service.ladder.cold_start.embedder
             print(f"encoder: {embedder.describe()}", flush=True)
             texts = [r["text"] for r in rows]
             vectors = dict(zip(texts, np.asarray(embedder.embed(texts)), strict=True))

@@ -88,8 +88,8 @@ def varied() -> list[dict]:
 
 
 def test_a_promoted_model_that_falls_behind_on_new_labels_stops_serving(tmp_path, cold_start_predictor, varied):
-    """Test-then-train: each accepted annotation first scores every rung's suggestion; a fine-tuned model that agrees
-    less with the last annotations than the instant learner gives way to it until a new version is promoted."""
+    """Test-then-train: each accepted annotation first scores every rung's suggestion; a fine-tuned model that scores
+    lower on the last annotations than the instant learner gives way to it until a new version is promoted."""
     schema = cold_start_predictor.schema
     gold = {task["data"]["text"]: task for task in varied}
     folder = tmp_path / "m1"
@@ -118,9 +118,10 @@ def test_a_promoted_model_that_falls_behind_on_new_labels_stops_serving(tmp_path
             ladder.wait("1", timeout=30)
         health = client.get("/health", params={"project": "1"}).json()
         assert health["rung"] == "instant", health["rung_reason"]
-        assert "the fine-tuned model 20261208T000000-bad00001 agreed less" in health["rung_reason"]
+        assert "the fine-tuned model 20261208T000000-bad00001 scored lower" in health["rung_reason"]
         scores = health["instant"]["1"]["running_scores"]
-        assert scores["trained:20261208T000000-bad00001"]["mean"] < scores["instant"]["mean"]
+        assert scores["trained:20261208T000000-bad00001"]["primary"] < scores["instant"]["primary"]
+        assert scores["cold-start"]["n"] == 14  # every rung is scored, the cold start too
         assert scores["trained:20261208T000000-bad00001"]["n"] == 14
         # a new promoted version serves again, judged afresh
         current["1"] = ("20261208T000001-good0002", folder)
