@@ -242,10 +242,7 @@ def create_app(settings: Settings | None = None, *, predictors=None, registry=No
         """The holder of one project's promoted model, watching that project's registry only."""
         # A custom `registry` (tests) has no versions to fall back on; the real one falls back on the best other one.
         fallbacks = None if registry else lambda: serving_candidates(settings.models_dir, project)
-        return ModelHolder(
-            cold_start, lambda: current_model(project), trained, interval=settings.reload_interval, schema=schema,
-            fallbacks=fallbacks,
-        )
+        return ModelHolder(cold_start, lambda: current_model(project), trained, schema=schema, fallbacks=fallbacks)
 
     ladder_box: list[Ladder] = []
 

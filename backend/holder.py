@@ -32,14 +32,13 @@ Fallbacks = Callable[[], list[tuple[str, Path]]]
 
 
 class ModelHolder:
-    """The serving predictor plus a background watcher of the registry pointer."""
+    """The serving predictor of one registry; `refresh()` (called by the ladder's watcher) swaps in a promotion."""
 
     def __init__(
         self,
         cold_start: Callable[[], Predictor],
         current_model: CurrentModel,
         load_trained: Callable[[str, Path], Predictor],
-        interval: float = 2.0,
         *,
         schema: Schema | None = None,
         fallbacks: Fallbacks | None = None,
@@ -51,10 +50,7 @@ class ModelHolder:
         self._cold_start: Predictor | None = None
         self._current_model = current_model
         self._load_trained = load_trained
-        self._interval = interval
         self._load_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failed_version: str | None = None
         self.last_error: str | None = None
         self.current: Predictor = self._fallback()
@@ -140,20 +136,3 @@ class ModelHolder:
         self.last_error = f"{problem}; still serving {self.current.model_version} (no other version loads and fits)"
         log.error(self.last_error)
         return False
-
-    def start(self) -> None:
-        """Watch the registry in a daemon thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.refresh()
